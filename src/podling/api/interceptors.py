@@ -1,0 +1,130 @@
+"""The one place where RPCs are logged and errors become gRPC statuses.
+
+Every RPC gets one structured log line: method, the ids it names, duration, outcome.
+A PodlingError becomes its own status code with its message; anything unexpected
+becomes INTERNAL with the traceback in the daemon log and a short message for the
+client (never the traceback itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from podling.errors import PodlingError
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+log = logging.getLogger("podling.rpc")
+
+# Request fields worth naming in the log line, in the order they are printed.
+_ID_FIELDS = ("pod_sandbox_id", "container_id", "image")
+
+
+def request_ids(request: Any) -> dict[str, str]:
+    """The ids a request names (`image` is an ImageSpec: its `image` string is taken)."""
+    out: dict[str, str] = {}
+    for name in _ID_FIELDS:
+        if not hasattr(request, "DESCRIPTOR") or name not in request.DESCRIPTOR.fields_by_name:
+            continue
+        value = getattr(request, name)
+        text = value if isinstance(value, str) else getattr(value, "image", "")
+        if text:
+            out[name] = text
+    return out
+
+
+class LoggingErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps unary-unary and unary-stream handlers with logging and error mapping."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+async def _fail(context: Context, method: str, exc: BaseException) -> None:
+    if isinstance(exc, PodlingError):
+        await context.abort(grpc.StatusCode[exc.code], exc.message)
+    log.error("%s failed unexpectedly", method, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"{method}: internal error ({type(exc).__name__}); see podlingd's log",
+    )
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "OK"
+    return exc.code if isinstance(exc, PodlingError) else "INTERNAL"
+
+
+def _log_line(method: str, request: Any, start: float, exc: BaseException | None) -> None:
+    extra: dict[str, Any] = {
+        "method": method,
+        **request_ids(request),
+        "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+        "outcome": _outcome(exc),
+    }
+    if isinstance(exc, PodlingError):
+        extra["error"] = exc.message
+    level = logging.INFO if exc is None or isinstance(exc, PodlingError) else logging.ERROR
+    log.log(level, "rpc", extra=extra)
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: Context) -> Any:
+        start = time.perf_counter()
+        try:
+            response = await behavior(request, context)
+        except Exception as exc:  # every error ends here, by design
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            _log_line(method, request, start, exc)
+            await _fail(context, method, exc)
+            raise  # unreachable: abort raises
+        _log_line(method, request, start, None)
+        return response
+
+    return wrapped
+
+
+def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except Exception as exc:
+            if isinstance(exc, grpc.aio.AbortError):
+                raise
+            _log_line(method, request, start, exc)
+            await _fail(context, method, exc)
+            raise
+        _log_line(method, request, start, None)
+
+    return wrapped

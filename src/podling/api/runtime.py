@@ -1,0 +1,59 @@
+"""CRI RuntimeService: Version, Status, RuntimeConfig. Every other RPC answers
+UNIMPLEMENTED with the RPC's name until the runtime service is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from cri_api.v1 import api_pb2 as pb
+from cri_api.v1 import api_pb2_grpc as pb_grpc
+
+import podling
+from podling.api.unimplemented import fill_unimplemented
+from podling.config import Config
+from podling.services.status import network_condition, runtime_condition
+
+RUNTIME_NAME = "podling"
+RUNTIME_API_VERSION = "v1"
+
+
+class RuntimeServicer(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+
+    async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
+        return pb.VersionResponse(
+            version="0.1.0",
+            runtime_name=RUNTIME_NAME,
+            runtime_version=podling.__version__,
+            runtime_api_version=RUNTIME_API_VERSION,
+        )
+
+    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+        conds = [runtime_condition(self._cfg), network_condition(self._cfg)]
+        status = pb.RuntimeStatus(
+            conditions=[
+                pb.RuntimeCondition(
+                    type=c.type, status=c.status, reason=c.reason, message=c.message
+                )
+                for c in conds
+            ]
+        )
+        info = {"config": json.dumps(dataclasses.asdict(self._cfg))} if request.verbose else {}
+        return pb.StatusResponse(
+            status=status,
+            info=info,
+            runtime_handlers=[pb.RuntimeHandler(name=self._cfg.runtime.default_handler)],
+        )
+
+    async def RuntimeConfig(
+        self, request: pb.RuntimeConfigRequest, context: Any
+    ) -> pb.RuntimeConfigResponse:
+        return pb.RuntimeConfigResponse(
+            linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CgroupDriver.CGROUPFS)
+        )
+
+
+fill_unimplemented(RuntimeServicer, pb.DESCRIPTOR.services_by_name["RuntimeService"])

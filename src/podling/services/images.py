@@ -1,0 +1,146 @@
+"""The image service: what each ImageService RPC (and `podling load`) does.
+
+Image identity follows the kubelet: the id is the config digest; one image carries every
+repo tag and repo digest it was pulled or loaded under. Removal takes every name of the
+image at once (the kubelet removes by id and expects the image gone), then collects the
+snapshots and blobs nothing else uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from podling.errors import InvalidArgument, NotFound
+from podling.image.archive import ArchiveImage, import_archive
+from podling.image.content import ContentStore
+from podling.image.manifest import parse_config
+from podling.image.registry import Credentials
+from podling.services.importing import Importer
+from podling.services.pull import Puller
+from podling.services.records import find_image
+from podling.store.metadata import ImageRecord, MetadataStore
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+    timestamp_ns: int
+
+
+@dataclass(frozen=True)
+class ImageUser:
+    uid: int | None
+    username: str
+
+
+def image_user(config: dict[str, Any]) -> ImageUser:
+    """The image's configured user: a numeric uid, or a username (group part dropped)."""
+    user = str((config.get("config") or {}).get("User") or "")
+    name = user.split(":", 1)[0]
+    if name.isdigit():
+        return ImageUser(int(name), "")
+    return ImageUser(None, name)
+
+
+class ImageService:
+    def __init__(
+        self,
+        store: MetadataStore,
+        content: ContentStore,
+        importer: Importer,
+        puller: Puller,
+    ) -> None:
+        self._store = store
+        self._content = content
+        self._importer = importer
+        self._unpacker = importer.unpacker
+        self.puller = puller
+        self._gc_lock = asyncio.Lock()
+
+    async def pull(self, image: str, creds: Credentials | None) -> str:
+        if not image:
+            raise InvalidArgument("image must not be empty: give a reference like busybox:1.36")
+        return await self.puller.pull(image, creds)
+
+    def status(self, image: str) -> ImageRecord | None:
+        return find_image(self._store, image)
+
+    def list_images(self, image_filter: str = "") -> list[ImageRecord]:
+        if image_filter:
+            rec = find_image(self._store, image_filter)
+            return [] if rec is None else [rec]
+        recs = (self._store.get_image(i) for i in self._store.image_ids())
+        return [r for r in recs if r is not None]
+
+    async def remove(self, image: str) -> None:
+        """Remove the image with all its names; an unknown image is not an error (CRI:
+        "This call is idempotent, and must not return an error if the image has already
+        been removed")."""
+        rec = find_image(self._store, image)
+        if rec is None:
+            return
+        self._store.delete_image(rec.id)
+        await self._collect(rec)
+
+    async def _collect(self, rec: ImageRecord) -> None:
+        async with self._gc_lock:
+            await self._unpacker.collect(rec.chain_ids, self._store.chain_in_use)
+            blobs = [rec.manifest_digest, rec.id]
+            blobs += [d for d in self._blob_digests(rec) if d not in blobs]
+            for digest in blobs:
+                if not self._store.blob_in_use(digest):
+                    self._content.delete(digest)
+
+    def _blob_digests(self, rec: ImageRecord) -> list[str]:
+        try:
+            man = json.loads(self._content.read_bytes(rec.manifest_digest))
+            return [str(layer["digest"]) for layer in man.get("layers", [])]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+    async def load(self, path: Path) -> list[tuple[str, list[str]]]:
+        """Import an OCI layout or docker-save archive; returns (image id, names) each."""
+        if not path.is_absolute():
+            raise InvalidArgument(f"archive path must be absolute, got {str(path)!r}")
+        if not path.exists():
+            raise NotFound(f"{path}: no such file or directory")
+        images = await asyncio.to_thread(import_archive, path, self._content)
+        out: list[tuple[str, list[str]]] = []
+        for img in images:
+            out.append(await self._record_archive_image(img))
+        return out
+
+    async def _record_archive_image(self, img: ArchiveImage) -> tuple[str, list[str]]:
+        man = img.manifest
+        config_bytes = self._content.read_bytes(man.config.digest)
+
+        async def blob(i: int) -> Path:
+            return self._content.path(man.layers[i].digest)
+
+        image_id = await self._importer.import_image(
+            manifest_digest=img.manifest_digest,
+            manifest=man,
+            config=parse_config(config_bytes),
+            config_bytes=config_bytes,
+            names=[(n, "digest" if "@" in n else "tag") for n in img.names],
+            blob=blob,
+        )
+        return image_id, list(img.names)
+
+    async def fs_usage(self, snapshots_dir: Path) -> tuple[FsUsage, FsUsage]:
+        """(image filesystem, container filesystem) usage, measured off the event loop."""
+        now = time.time_ns()
+        content_b, content_i = await asyncio.to_thread(self._content.usage)
+        snap_b, snap_i = await asyncio.to_thread(self._unpacker.snapshotter.total_usage)
+        image_fs = FsUsage(str(snapshots_dir.parent), content_b + snap_b, content_i + snap_i, now)
+        # Containers' writable layers live in active snapshots; none exist until the
+        # runtime service creates containers, so this is the snapshot dir with no usage.
+        container_fs = FsUsage(str(snapshots_dir), 0, 0, now)
+        return image_fs, container_fs

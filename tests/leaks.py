@@ -1,0 +1,84 @@
+"""What a test may leave behind on the machine, snapshotted before and after each test.
+
+Compared: mounts, named network namespaces, podling cgroups, processes of the tools
+podling drives, iptables rules and bridges. Anything new after a test is a leak.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+WATCHED_PROCS = {"conmon", "podlingd", "runc", "crun", "runsc", "docker-registry", "catatonit"}
+
+
+def mounts() -> set[str]:
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return {" ".join(line.split()[3:5]) for line in lines}
+
+
+def netns() -> set[str]:
+    d = Path("/run/netns")
+    return {p.name for p in d.iterdir()} if d.is_dir() else set()
+
+
+def cgroups() -> set[str]:
+    found: set[str] = set()
+    for base in Path("/sys/fs/cgroup").glob("*/podling*"):
+        found.add(str(base))
+    for base in Path("/sys/fs/cgroup").glob("podling*"):
+        found.add(str(base))
+    return found
+
+
+def processes() -> set[str]:
+    found: set[str] = set()
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            comm = (p / "comm").read_text().strip()
+            cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if comm in WATCHED_PROCS or "podlingd" in cmdline:
+            found.add(f"{p.name} {cmdline.strip()[:120]}")
+    found.discard(f"{os.getpid()}")
+    return found
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def iptables() -> set[str]:
+    out = _run(["iptables-save"]) if os.geteuid() == 0 else ""
+    return {line for line in out.splitlines() if line.startswith("-A")}
+
+
+def bridges() -> set[str]:
+    out = _run(["ip", "-o", "link", "show", "type", "bridge"])
+    return {line.split(":")[1].strip() for line in out.splitlines() if ":" in line}
+
+
+def snapshot() -> dict[str, set[str]]:
+    return {
+        "mounts": mounts(),
+        "network namespaces": netns(),
+        "cgroups": cgroups(),
+        "processes": processes(),
+        "iptables rules": iptables(),
+        "bridges": bridges(),
+    }
+
+
+def leaked(before: dict[str, set[str]], after: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{kind}: {sorted(after[kind] - before[kind])}"
+        for kind in before
+        if after[kind] - before[kind]
+    ]

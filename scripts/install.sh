@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(runc crun conmon containernetworking-plugins iptables iproute2 catatonit zstd
-          python3-venv)
-TEST_PACKAGES=(docker-registry busybox-static apache2-utils)
+          busybox-static python3-venv)
+TEST_PACKAGES=(docker-registry apache2-utils)
 want=("${PACKAGES[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PACKAGES[@]}")
 

@@ -21,19 +21,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+def no_leaks(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
     """Fail any integration/e2e test that leaves a mount, netns, cgroup, process, iptables
     rule or bridge behind. Unit tests touch none of these and skip the (slow) snapshot."""
     path = str(request.node.path)
     if "/tests/unit/" in path:
         yield
         return
-    before = leaks.snapshot()
+    session_tmp = str(tmp_path_factory.getbasetemp()) + "/"
+    before = leaks.snapshot(session_tmp)
     yield
     # processes we stopped may take a moment to be reaped
     deadline = time.monotonic() + 5
     while True:
-        found = leaks.leaked(before, leaks.snapshot())
+        found = leaks.leaked(before, leaks.snapshot(session_tmp))
         if not found or time.monotonic() > deadline:
             break
         time.sleep(0.1)

@@ -32,7 +32,9 @@ def cgroups() -> set[str]:
     return found
 
 
-def processes() -> set[str]:
+def processes(session_tmp: str = "") -> set[str]:
+    """Processes of the tools podling drives. Those whose command line names another
+    pytest session's temporary dir belong to a concurrent test run, not to us."""
     found: set[str] = set()
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -41,6 +43,8 @@ def processes() -> set[str]:
             comm = (p / "comm").read_text().strip()
             cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
+            continue
+        if "/pytest-of-" in cmdline and session_tmp and session_tmp not in cmdline:
             continue
         if comm in WATCHED_PROCS or "podlingd" in cmdline:
             found.add(f"{p.name} {cmdline.strip()[:120]}")
@@ -65,12 +69,12 @@ def bridges() -> set[str]:
     return {line.split(":")[1].strip() for line in out.splitlines() if ":" in line}
 
 
-def snapshot() -> dict[str, set[str]]:
+def snapshot(session_tmp: str = "") -> dict[str, set[str]]:
     return {
         "mounts": mounts(),
         "network namespaces": netns(),
         "cgroups": cgroups(),
-        "processes": processes(),
+        "processes": processes(session_tmp),
         "iptables rules": iptables(),
         "bridges": bridges(),
     }

@@ -80,9 +80,10 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
         for host, r in cfg.images.registries.items()
     }
     registry = RegistryClient(hosts, stall_timeout=cfg.images.pull_stall_timeout)
-    importer = Importer(LayerUnpacker(snapshotter, cfg.images.max_layer_size), ImageRecorder(store))
+    unpacker = LayerUnpacker(snapshotter, cfg.images.max_layer_size)
+    importer = Importer(unpacker, ImageRecorder(store), store.chain_in_use)
     puller = Puller(registry, content, importer, cfg.images.max_concurrent_downloads)
-    images = ImageService(store, content, importer, puller)
+    images = ImageService(store, content, importer, puller, cfg.images.pinned)
     server = grpc.aio.server(interceptors=[LoggingErrorInterceptor()])
     pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(cfg), server)
     pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(images, paths.snapshots), server)

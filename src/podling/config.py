@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from podling.errors import ConfigError
+from podling.errors import ConfigError, InvalidArgument
+from podling.image.reference import parse_reference
 
 DEFAULT_CONFIG_PATH = Path("/etc/podling/config.toml")
 
@@ -72,6 +73,12 @@ class ImagesConfig:
     max_layer_size: int = field(
         default=32 << 30,
         metadata=_doc("uncompressed bytes one layer may unpack to", ("range", (1 << 20, 1 << 50))),
+    )
+    pinned: list[str] = field(
+        default_factory=list,
+        metadata=_doc(
+            "images reported as pinned: the kubelet never garbage-collects them", ("refs", None)
+        ),
     )
     registries: dict[str, RegistryConfig] = field(
         default_factory=dict,
@@ -231,6 +238,12 @@ def _check(check: tuple[str, Any] | None, v: Any, origin: dict[str, Path], key: 
         raise ConfigError(f"{where}: '{key}' must be one of {', '.join(arg)}, got {v!r}")
     if kind == "range" and not arg[0] <= v <= arg[1]:
         raise ConfigError(f"{where}: '{key}' must be between {arg[0]} and {arg[1]}, got {v!r}")
+    if kind == "refs":
+        for ref in v:
+            try:
+                parse_reference(ref)
+            except InvalidArgument as e:
+                raise ConfigError(f"{where}: '{key}' has an invalid image reference: {e}") from e
     if kind == "urls":
         for u in v:
             if not u.startswith(("http://", "https://")):

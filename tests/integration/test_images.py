@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from tests.support.images import (
     two_platform_images,
 )
 from tests.support.registry import RegistryServer
-from tests.support.tokenserver import TokenServer
+from tests.support.tokenserver import StallingProxy, TokenServer
 
 pytestmark = pytest.mark.root
 
@@ -310,3 +312,43 @@ def test_images_survive_a_restart(tmp_path: Path, registry: RegistryServer) -> N
         pull(d, ref)
     with Daemon(tmp_path, registry_config(registry.host)) as d:
         assert status(d, ref).image.id == img.config_digest
+
+
+def test_stalled_pull_fails_then_resumes(
+    registry: RegistryServer, make_daemon: Callable[[str], Daemon]
+) -> None:
+    big = os.urandom(4 << 20)  # random: the gzip blob stays ~4 MiB
+    img = build_image([busybox_rootfs_layer(), layer({"big": big})], "gzip")
+    push_image(registry.url, "stall/app", "v1", img)
+    target = img.layers[1]
+    with StallingProxy(registry.url, target.digest) as front:
+        cfg = registry_config(front.host).replace(
+            "pull_stall_timeout = 5", "pull_stall_timeout = 1"
+        )
+        d = make_daemon(cfg)
+        ref = f"{front.host}/stall/app:v1"
+        start = time.monotonic()
+        code, msg = code_of(lambda: pull(d, ref))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED, msg
+        assert time.monotonic() - start < 15  # no hang: the stall timeout ended it
+        assert listed(d) == []
+        partial = d.root / "content" / "ingest" / target.digest[7:]
+        kept = partial.stat().st_size
+        assert 0 < kept < target.size  # the verified half stays for the next try
+        assert pull(d, ref) == img.config_digest
+        assert f"bytes={kept}-" in front.ranges  # the retry asked only for the rest
+
+
+def test_configured_pinned_images_are_reported_pinned(
+    registry: RegistryServer, make_daemon: Callable[[str], Daemon]
+) -> None:
+    img = build_image([busybox_rootfs_layer(), layer({"p": b"p"})], "gzip")
+    ref = push(registry, "pin/sandbox", "v1", img)
+    other = push(registry, "pin/other", "v1", build_image([busybox_rootfs_layer()], "gzip"))
+    cfg = registry_config(registry.host).replace("[images]\n", f'[images]\npinned = ["{ref}"]\n')
+    d = make_daemon(cfg)
+    pull(d, ref)
+    pull(d, other)
+    assert status(d, ref).image.pinned is True
+    assert status(d, other).image.pinned is False
+    assert {i.id: i.pinned for i in listed(d)}[img.config_digest] is True

@@ -74,7 +74,8 @@ def snap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Snapshotter
 def add_layer(s: Snapshotter, parent: str | None, name: str, layer: bytes) -> str:
     key = f"extract-{name}"
     dest = s.prepare(key, parent)
-    apply_layer(io.BytesIO(layer), dest, whiteouts=s.whiteouts, max_bytes=1 << 30)
+    lowers = s.lower_dirs(key)
+    apply_layer(io.BytesIO(layer), dest, whiteouts=s.whiteouts, max_bytes=1 << 30, lowers=lowers)
     s.commit(name, key)
     return name
 
@@ -284,6 +285,104 @@ def test_factory(
         create_snapshotter(tmp_path / "ovl")
     with pytest.raises(FailedPrecondition, match="overlayfs"):
         create_snapshotter(tmp_path / "ovl", "native")
+
+
+def test_lower_dirs(snap: Snapshotter, tmp_path: Path) -> None:
+    c1 = add_layer(snap, None, "c1", L1)
+    c2 = add_layer(snap, c1, "c2", L2)
+    snap.prepare("top", c2)
+    snap.prepare("base", None)
+    assert snap.lower_dirs("base") == []
+    lowers = snap.lower_dirs("top")
+    if snap.name == "overlayfs":
+        assert [p.parent.name for p in lowers] == ["2", "1"]  # c2's dir, then c1's
+        assert (lowers[0] / "l2").is_file() and (lowers[1] / "etc/passwd").is_file()
+    else:
+        assert lowers == []
+    with pytest.raises(FailedPrecondition, match="active"):
+        snap.lower_dirs(c2)
+    with pytest.raises(NotFound):
+        snap.lower_dirs("nope")
+
+
+def merged_tree(s: Snapshotter, top: str, target: Path) -> Iterator[Path]:
+    s.prepare("ctr", top)
+    return mounted(s.mounts("ctr"), target)
+
+
+def test_usrmerge_later_layer_writes_through_link(snap: Snapshotter, tmp_path: Path) -> None:
+    base = (
+        TarBuilder()
+        .dir("usr", mode=0o750, uid=1000, gid=1001, mtime=1_600_000_123)
+        .dir("usr/lib")
+        .file("usr/lib/old", b"o")
+        .symlink("lib", "usr/lib")
+        .dir("tmp", mode=0o1777)
+        .dir("var")
+        .symlink("var/run", "/run")
+        .dir("run")
+        .bytes()
+    )
+    top = TarBuilder().file("lib/x", b"new").file("var/run/pid", b"1").file("tmp/t").bytes()
+    c2 = add_layer(snap, add_layer(snap, None, "c1", base), "c2", top)
+    with merged_tree(snap, c2, tmp_path / "merged") as root:
+        assert (root / "lib/x").read_bytes() == b"new"
+        assert sorted(os.listdir(root / "usr/lib")) == ["old", "x"]
+        assert os.readlink(root / "lib") == "usr/lib"
+        assert (root / "run/pid").read_bytes() == b"1"
+        usr = os.stat(root / "usr")  # copied up with the lower's metadata in overlay mode
+        assert (usr.st_uid, usr.st_gid, stat.S_IMODE(usr.st_mode)) == (1000, 1001, 0o750)
+        assert usr.st_mtime == 1_600_000_123
+        assert stat.S_IMODE(os.stat(root / "tmp").st_mode) == 0o1777
+
+
+def test_links_hidden_by_upper_whiteout_or_opaque_are_not_followed(
+    snap: Snapshotter, tmp_path: Path
+) -> None:
+    l1 = (
+        TarBuilder()
+        .dir("w")
+        .symlink("w/lnk", "/t1")
+        .dir("o")
+        .symlink("o/lnk", "/t2")
+        .dir("t1")
+        .dir("t2")
+        .bytes()
+    )
+    l2 = TarBuilder().whiteout("w/lnk").dir("o").opaque("o").file("o/other").bytes()
+    l3 = TarBuilder().file("w/lnk/f", b"w").file("o/lnk/f", b"o").bytes()
+    c1 = add_layer(snap, None, "c1", l1)
+    c3 = add_layer(snap, add_layer(snap, c1, "c2", l2), "c3", l3)
+    with merged_tree(snap, c3, tmp_path / "merged") as root:
+        assert stat.S_ISDIR(os.lstat(root / "w/lnk").st_mode)
+        assert (root / "w/lnk/f").read_bytes() == b"w"
+        assert stat.S_ISDIR(os.lstat(root / "o/lnk").st_mode)
+        assert (root / "o/lnk/f").read_bytes() == b"o"
+        assert sorted(os.listdir(root / "o")) == ["lnk", "other"]
+        assert os.listdir(root / "t1") == [] and os.listdir(root / "t2") == []
+
+
+def test_dir_recreated_after_its_whiteout_hides_lower_content(
+    snap: Snapshotter, tmp_path: Path
+) -> None:
+    c1 = add_layer(snap, None, "c1", TarBuilder().dir("d").file("d/old").bytes())
+    top = TarBuilder().whiteout("d").dir("d").file("d/new").bytes()
+    c2 = add_layer(snap, c1, "c2", top)
+    with merged_tree(snap, c2, tmp_path / "merged") as root:
+        assert os.listdir(root / "d") == ["new"]
+
+
+def test_escaping_link_in_lower_lands_in_snapshot(snap: Snapshotter, tmp_path: Path) -> None:
+    c1 = add_layer(
+        snap, None, "c1", TarBuilder().symlink("link", "/").symlink("up", "../..").bytes()
+    )
+    top = TarBuilder().file("link/etc/shadow", b"s").file("up/x", b"x").bytes()
+    shadow = os.stat("/etc/shadow")
+    c2 = add_layer(snap, c1, "c2", top)
+    assert os.stat("/etc/shadow") == shadow and not os.path.lexists("/x")
+    with merged_tree(snap, c2, tmp_path / "merged") as root:
+        assert (root / "etc/shadow").read_bytes() == b"s"
+        assert (root / "x").read_bytes() == b"x"
 
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[c.name for c in HOSTILE])

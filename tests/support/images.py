@@ -392,3 +392,33 @@ def two_platform_images(compression: str = "gzip") -> dict[str, BuiltImage]:
         )
         for arch in ("amd64", "arm64")
     }
+
+
+# ---- archives (for `podling load`) -------------------------------------------------------
+
+
+def write_oci_archive(image: BuiltImage, name: str, dest: Path) -> Path:
+    """Write `image` as an OCI image layout tar, named `name` (a full reference)."""
+    index = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": image.manifest_media_type,
+                    "digest": image.manifest_digest,
+                    "size": len(image.manifest),
+                    "annotations": {"io.containerd.image.name": name},
+                }
+            ],
+        }
+    )
+    files = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}', "index.json": index}
+    for digest, data in {image.manifest_digest: image.manifest, **image.blobs}.items():
+        files[f"blobs/sha256/{digest.removeprefix('sha256:')}"] = data
+    with tarfile.open(dest, "w") as tar:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mtime, info.mode = len(data), MTIME, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return dest

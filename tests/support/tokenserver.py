@@ -147,20 +147,51 @@ class TokenServer(ThreadedServer):
                 status=401,
                 headers={"WWW-Authenticate": challenge},
             )
-        return await self._proxy(request)
+        return await proxy(self.backing_url, request)
 
-    async def _proxy(self, request: web.Request) -> web.Response:
-        headers = {k: v for k, v in request.headers.items() if k in ("Accept", "Range")}
-        async with (
-            aiohttp.ClientSession(auto_decompress=False) as session,
-            session.request(
-                request.method,
-                self.backing_url + request.path_qs,
-                headers=headers,
-                allow_redirects=False,
-            ) as resp,
-        ):
-            body = await resp.read()
-            out = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers}
-            out.pop("Content-Length", None)  # aiohttp sets it from the body
-            return web.Response(status=resp.status, body=body, headers=out)
+
+async def proxy(backing_url: str, request: web.Request) -> web.Response:
+    """Forward `request` to `backing_url` and relay the answer (Range passes through)."""
+    headers = {k: v for k, v in request.headers.items() if k in ("Accept", "Range")}
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.request(
+            request.method,
+            backing_url + request.path_qs,
+            headers=headers,
+            allow_redirects=False,
+        ) as resp,
+    ):
+        body = await resp.read()
+        out = {k: resp.headers[k] for k in _PASS_HEADERS if k in resp.headers}
+        out.pop("Content-Length", None)  # aiohttp sets it from the body
+        return web.Response(status=resp.status, body=body, headers=out)
+
+
+class StallingProxy(ThreadedServer):
+    """A plain proxy to `backing_url` that stalls the first GET of blob `stall_digest`
+    after sending half of it (then hangs until the client gives up); it records the
+    Range header of every blob request so tests can see a resumed download."""
+
+    def __init__(self, backing_url: str, stall_digest: str) -> None:
+        self.backing_url = backing_url
+        self.stall_digest = stall_digest
+        self.stalled = False
+        self.ranges: list[str] = []
+        app = web.Application()
+        app.router.add_route("*", "/v2/{tail:.*}", self._v2)
+        super().__init__(app)
+
+    async def _v2(self, request: web.Request) -> web.StreamResponse:
+        if "/blobs/" in request.path:
+            self.ranges.append(request.headers.get("Range", ""))
+        if request.path.endswith(self.stall_digest) and not self.stalled:
+            self.stalled = True
+            full = await proxy(self.backing_url, request)
+            assert isinstance(full.body, bytes)
+            resp = web.StreamResponse(status=200)
+            resp.content_length = len(full.body)
+            await resp.prepare(request)
+            await resp.write(full.body[: len(full.body) // 2])
+            await asyncio.sleep(3600)  # cancelled when the server stops
+        return await proxy(self.backing_url, request)

@@ -69,6 +69,7 @@ def test_dropins_merge_in_name_order(tmp_path: Path) -> None:
         ("[images.registries.'q.io']\nmirrors = ['ftp://x']\n", "http:// or https://"),
         ("[images.registries.'q.io']\ninsecure = 'yes'\n", "must be true or false"),
         ("log = 3\n", "'log' must be a table"),
+        ("[images]\npinned = ['Bad Ref']\n", "'images.pinned' has an invalid image reference"),
         ("root = [\n", "not valid TOML"),
     ],
 )

@@ -1,11 +1,15 @@
 """The hostile layer corpus (tests/support/tars.py HOSTILE), native whiteouts, no root needed.
 
 Error classes by case family (see each case's `expect`):
-- UnsafeContent: escapes via `..`, writing through symlinks, hardlinks to missing or
-  outside targets, escaping whiteouts, replacing the root, over-long names, bombs.
+- UnsafeContent: names whose `..` lexically escapes dest, symlink loops and over-long
+  link chains, non-directories used as parents, hardlinks to missing or outside targets,
+  escaping whiteouts, replacing the root, over-long names, bombs.
 - DataLoss: truncated or corrupt tar, gzip or zstd streams; data that is not a tar.
-- None (handled safely): absolute names (relative to dest), symlink entries pointing
-  anywhere, duplicates replacing symlinks, device nodes (created as root, skipped otherwise).
+- None (handled safely): absolute names (relative to dest); symlinks met in parent
+  components, which resolve inside dest as if it were "/" (absolute targets relative to
+  dest, `..` clamped at dest), so "escapes" through them land inside dest; symlink entries
+  pointing anywhere; duplicates replacing symlinks; device nodes (created as root,
+  skipped otherwise).
 Every case also checks that nothing outside dest changed and that dest can be removed.
 """
 

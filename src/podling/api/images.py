@@ -30,7 +30,7 @@ def credentials(auth: pb.AuthConfig | None) -> Credentials | None:
     return None if creds.empty else creds
 
 
-def image_proto(rec: ImageRecord) -> pb.Image:
+def image_proto(rec: ImageRecord, pinned: bool) -> pb.Image:
     user = image_user(json.loads(rec.config))
     return pb.Image(
         id=rec.id,
@@ -40,7 +40,7 @@ def image_proto(rec: ImageRecord) -> pb.Image:
         uid=pb.Int64Value(value=user.uid) if user.uid is not None else None,
         username=user.username,
         spec=pb.ImageSpec(image=rec.id),
-        pinned=rec.pinned,
+        pinned=pinned,
     )
 
 
@@ -79,7 +79,11 @@ class ImageServicer(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
         self, request: pb.ListImagesRequest, context: Any
     ) -> pb.ListImagesResponse:
         flt = request.filter.image.image if request.HasField("filter") else ""
-        return pb.ListImagesResponse(images=[image_proto(r) for r in self._images.list_images(flt)])
+        return pb.ListImagesResponse(
+            images=[
+                image_proto(r, self._images.is_pinned(r)) for r in self._images.list_images(flt)
+            ]
+        )
 
     async def ImageStatus(
         self, request: pb.ImageStatusRequest, context: Any
@@ -90,7 +94,9 @@ class ImageServicer(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
             # ImageStatusResponse.Image set to nil."
             return pb.ImageStatusResponse()
         info = _verbose_info(rec) if request.verbose else {}
-        return pb.ImageStatusResponse(image=image_proto(rec), info=info)
+        return pb.ImageStatusResponse(
+            image=image_proto(rec, self._images.is_pinned(rec)), info=info
+        )
 
     async def PullImage(self, request: pb.PullImageRequest, context: Any) -> pb.PullImageResponse:
         creds = credentials(request.auth if request.HasField("auth") else None)

@@ -56,7 +56,9 @@ def _dec(data: bytes) -> Any:
 
 
 def fail(message: str) -> NoReturn:
-    print(f"podling: {message}", file=sys.stderr)
+    """One line on stderr (a multi-line message is folded), then exit 1."""
+    one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"podling: {one_line}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -129,16 +129,31 @@ def rmi(obj: dict[str, object], image: tuple[str, ...], all_: bool, prune: bool)
     if not image and not (all_ or prune):
         fail("give at least one image, or --all / --prune")
     with _client(obj) as c:
-        targets = list(image)
+        targets, missing = _resolve_ids(c, image)
         if all_ or prune:
             listed = c.images.ListImages(pb.ListImagesRequest(), timeout=c.timeout).images
             used = _images_in_use(c) if prune else set()
-            targets += [i.id for i in listed if i.id not in used]
-        for name in targets:
-            c.images.RemoveImage(
-                pb.RemoveImageRequest(image=pb.ImageSpec(image=name)), timeout=c.timeout
-            )
-            click.echo(f"Deleted: {name}")
+            targets += [i.id for i in listed if i.id not in used and i.id not in targets]
+        for image_id in targets:
+            req = pb.RemoveImageRequest(image=pb.ImageSpec(image=image_id))
+            c.images.RemoveImage(req, timeout=c.timeout)
+            click.echo(f"Deleted: {image_id}")
+    if missing:
+        fail("no such image: " + ", ".join(missing))
+
+
+def _resolve_ids(c: Client, names: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Image ids for `names` (as crictl does, through ImageStatus), and the names not found."""
+    ids: list[str] = []
+    missing: list[str] = []
+    for name in names:
+        req = pb.ImageStatusRequest(image=pb.ImageSpec(image=name))
+        st = c.images.ImageStatus(req, timeout=c.timeout)
+        if not st.HasField("image"):
+            missing.append(name)
+        elif st.image.id not in ids:
+            ids.append(st.image.id)
+    return ids, missing
 
 
 def _images_in_use(c: Client) -> set[str]:

@@ -30,6 +30,7 @@ import aiohttp
 from yarl import URL
 
 from podling.errors import InvalidArgument, Unauthenticated, Unavailable
+from podling.image.registry_errors import describe
 
 _DEFAULT_EXPIRY = 60.0
 # Renew a little before the server's deadline so a token does not expire in flight.
@@ -37,6 +38,9 @@ _EXPIRY_MARGIN = 5.0
 _CLIENT_ID = "podling"
 _MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
+
+# A cached token's key: (realm, service, scopes, credential identity).
+_TokenKey = tuple[str, str, tuple[str, ...], str]
 
 
 @dataclass(frozen=True)
@@ -177,10 +181,10 @@ class Authenticator:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._tokens: dict[tuple[str, str, tuple[str, ...], str], tuple[str, float]] = {}
+        self._tokens: dict[_TokenKey, tuple[str, float]] = {}
         self._challenges: dict[tuple[str, str], Challenge] = {}
         # One token request per key at a time: parallel layer pulls share the answer.
-        self._token_locks: dict[tuple[str, str, tuple[str, ...], str], asyncio.Lock] = {}
+        self._token_locks: dict[_TokenKey, asyncio.Lock] = {}
 
     def cached_header(self, where: tuple[str, str], creds: Credentials | None) -> str | None:
         """An Authorization header for (endpoint, repository) without any network, if known."""
@@ -192,12 +196,16 @@ class Authenticator:
             return basic_header(creds) if creds.has_basic else None
         if creds.registry_token:
             return "Bearer " + creds.registry_token
-        key = self._key(challenge, where[1], creds)
+        token = self._cached_token(self._key(challenge, where[1], creds))
+        return None if token is None else "Bearer " + token
+
+    def _cached_token(self, key: _TokenKey) -> str | None:
+        """The cached token for `key` if it has not expired; an expired one is dropped."""
         hit = self._tokens.get(key)
         if hit is None or hit[1] <= self._clock():
             self._tokens.pop(key, None)
             return None
-        return "Bearer " + hit[0]
+        return hit[0]
 
     def forget(self, where: tuple[str, str], creds: Credentials | None) -> None:
         """Drop the cached token for (endpoint, repository): the registry refused it."""
@@ -272,9 +280,7 @@ class Authenticator:
             return "Bearer " + creds.registry_token
         return "Bearer " + await self._fetch_token(session, challenge, where, creds)
 
-    def _key(
-        self, challenge: Challenge, repo: str, creds: Credentials
-    ) -> tuple[str, str, tuple[str, ...], str]:
+    def _key(self, challenge: Challenge, repo: str, creds: Credentials) -> _TokenKey:
         # The credential identity is part of the key: a token minted for one user must
         # not be handed to a request made with another user's credentials.
         who = creds.username or ("idtoken:" + creds.identity_token[:16])
@@ -294,11 +300,10 @@ class Authenticator:
     ) -> str:
         key = self._key(challenge, where[1], creds)
         lock = self._token_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            hit = self._tokens.get(key)
-            if hit is not None and hit[1] > self._clock():
-                return hit[0]
-            return await self._new_token(session, challenge, where, creds, key)
+        async with lock:  # tokens are never empty (_new_token refuses one), so `or` is safe
+            return self._cached_token(key) or await self._new_token(
+                session, challenge, where, creds, key
+            )
 
     async def _new_token(
         self,
@@ -306,7 +311,7 @@ class Authenticator:
         challenge: Challenge,
         where: tuple[str, str],
         creds: Credentials,
-        key: tuple[str, str, tuple[str, ...], str],
+        key: _TokenKey,
     ) -> str:
         realm = challenge.params.get("realm", "")
         if not realm.startswith(("http://", "https://")):
@@ -350,7 +355,7 @@ class Authenticator:
             async with resp_cm as resp:
                 return await _token_answer(resp, realm, creds)
         except (aiohttp.ClientError, TimeoutError) as e:
-            raise Unavailable(f"token service {realm} unreachable: {e or type(e).__name__}") from e
+            raise Unavailable(f"token service {realm} unreachable: {describe(e)}") from e
 
 
 async def _token_answer(

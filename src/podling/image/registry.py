@@ -5,11 +5,10 @@ Protocol facts (OCI distribution spec v2): manifests are at
 `Docker-Content-Digest` names the digest of the manifest bytes served; blob GETs may
 redirect to storage elsewhere and honour `Range` for resuming.
 
-Endpoints per registry host: configured mirrors in order, then the upstream (unless
-`skip_upstream`). Mirrors get `?ns=<host>` like containerd, so one mirror can serve
-several registries. Pull credentials belong to the upstream registry and are never sent
-to mirrors (containerd does the same); mirrors are spoken to anonymously or with
-whatever Bearer token their own token service hands out anonymously.
+Endpoints per registry host (see registry_endpoints): configured mirrors in order, then
+the upstream (unless `skip_upstream`). Pull credentials belong to the upstream registry
+and are never sent to mirrors (containerd does the same); mirrors are spoken to
+anonymously or with whatever Bearer token their own token service hands out anonymously.
 
 Every byte is verified: manifests against the digest they were requested by (or the
 digest header), blobs through ContentStore.Ingest.commit(). A stalled blob download
@@ -20,30 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import aiohttp
 
-from podling.errors import (
-    ConfigError,
-    DataLoss,
-    DeadlineExceeded,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    PodlingError,
-    Unauthenticated,
-    Unavailable,
-)
+from podling.errors import DataLoss, DeadlineExceeded, InvalidArgument, PodlingError, Unavailable
 from podling.image.auth import Authenticator, Credentials
 from podling.image.content import ContentStore, Ingest, digest_hex, sha256_digest
 from podling.image.manifest import ACCEPT, Descriptor, Index, Manifest, parse, select_platform
+from podling.image.registry_endpoints import Endpoint, HostConfig, endpoints_for, normalize_hosts
+from podling.image.registry_errors import combined_error, describe, network_errors, status_error
 
 if TYPE_CHECKING:
     from podling.image.reference import Reference
@@ -53,20 +42,9 @@ __all__ = ["Credentials", "HostConfig", "ProgressFn", "RegistryClient", "Resolve
 MANIFEST_LIMIT = 4 << 20  # larger "manifests" are hostile or broken; no real one comes close
 _CHUNK = 64 << 10
 _PROGRESS_STEP = 1 << 20
-_DOCKER_HUB = "docker.io"
-_DOCKER_HUB_UPSTREAM = "https://registry-1.docker.io"
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 ProgressFn = Callable[[str, int, int], None]  # (digest, bytes_done, total)
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """How to reach one registry host."""
-
-    mirrors: tuple[str, ...] = ()  # endpoint URLs like "http://127.0.0.1:5000"
-    insecure: bool = False  # the upstream host may be spoken to over plain http
-    skip_upstream: bool = False  # only the mirrors, never the upstream host
 
 
 @dataclass(frozen=True)
@@ -85,25 +63,6 @@ class Resolved:
     index_bytes: bytes | None = None  # the verified bytes of index_digest, if any
 
 
-@dataclass(frozen=True)
-class _Endpoint:
-    base: str
-    mirror: bool
-    host: str
-
-    def url(self, repo: str, kind: str, ref: str) -> str:
-        url = f"{self.base}/v2/{repo}/{kind}/{ref}"
-        return f"{url}?ns={quote(self.host, safe='')}" if self.mirror else url
-
-
-def _normalize_mirror(url: str) -> str:
-    base = url.rstrip("/")
-    base = base.removesuffix("/v2")
-    if not re.match(r"^https?://[^/?#]+(/[^?#]*)?$", base):
-        raise ConfigError(f"registry mirror {url!r} must be an http:// or https:// URL")
-    return base
-
-
 class RegistryClient:
     """Talks the distribution API to registries. Create and use inside one event loop."""
 
@@ -115,12 +74,7 @@ class RegistryClient:
         connect_timeout: float = 10.0,
         user_agent: str = "podling",
     ) -> None:
-        self._hosts = {
-            host: HostConfig(
-                tuple(_normalize_mirror(m) for m in cfg.mirrors), cfg.insecure, cfg.skip_upstream
-            )
-            for host, cfg in hosts.items()
-        }
+        self._hosts = normalize_hosts(hosts)
         self._stall = stall_timeout
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -138,22 +92,9 @@ class RegistryClient:
             await self._session.close()
             self._session = None
 
-    def endpoints(self, host: str) -> list[_Endpoint]:
+    def endpoints(self, host: str) -> list[Endpoint]:
         """The endpoints tried for `host`, in order: mirrors, then upstream."""
-        cfg = self._hosts.get(host, HostConfig())
-        eps = [_Endpoint(m, True, host) for m in cfg.mirrors]
-        if not cfg.skip_upstream:
-            if host == _DOCKER_HUB:
-                base = _DOCKER_HUB_UPSTREAM
-            else:
-                base = f"{'http' if cfg.insecure else 'https'}://{host}"
-            eps.append(_Endpoint(base, False, host))
-        if not eps:
-            raise InvalidArgument(
-                f"registry {host} is configured with skip_upstream and no mirrors: "
-                "there is nowhere to pull from"
-            )
-        return eps
+        return endpoints_for(host, self._hosts.get(host, HostConfig()))
 
     def _http(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession must be made inside the running loop.
@@ -183,10 +124,10 @@ class RegistryClient:
                 return await self._resolve_at(ep, ref, creds)
             except PodlingError as e:
                 failures.append((ep.base, e))
-        raise _combined(str(ref), failures)
+        raise combined_error(str(ref), failures)
 
     async def _resolve_at(
-        self, ep: _Endpoint, ref: Reference, creds: Credentials | None
+        self, ep: Endpoint, ref: Reference, creds: Credentials | None
     ) -> Resolved:
         target = ref.digest or ref.tag or "latest"
         data, media, digest = await self._manifest(ep, ref.path, target, ref.digest, creds)
@@ -217,7 +158,7 @@ class RegistryClient:
 
     async def _manifest(
         self,
-        ep: _Endpoint,
+        ep: Endpoint,
         repo: str,
         target: str,
         expect: str | None,
@@ -225,11 +166,11 @@ class RegistryClient:
     ) -> tuple[bytes, str, str]:
         """GET one manifest; returns (bytes, media type, sha256 digest), verified."""
         url = ep.url(repo, "manifests", target)
-        with _network_errors(f"manifest {target}"):
+        with network_errors(f"manifest {target}"):
             resp = await self._send(ep, repo, url, creds, {"Accept": ACCEPT})
             async with resp:
                 if resp.status != 200:
-                    raise await _status_error(resp, f"manifest {target}")
+                    raise await status_error(resp, f"manifest {target}")
                 data = await _read_capped(resp, MANIFEST_LIMIT, f"manifest {target}")
                 header = resp.headers.get("Docker-Content-Digest", "")
                 media = resp.headers.get("Content-Type", "").split(";")[0].strip()
@@ -259,7 +200,7 @@ class RegistryClient:
         """
         if store.has(desc.digest):
             return store.path(desc.digest)
-        ep = _Endpoint(resolved.endpoint, resolved.mirror, resolved.registry_host)
+        ep = Endpoint(resolved.endpoint, resolved.mirror, resolved.registry_host)
         async with self._blob_lock(desc.digest):
             if store.has(desc.digest):
                 return store.path(desc.digest)
@@ -307,7 +248,7 @@ class RegistryClient:
         except aiohttp.ClientError as e:
             ing.close()
             raise Unavailable(
-                f"{what}: transfer failed ({_describe(e)}); {ing.offset} of {size} {kept}"
+                f"{what}: transfer failed ({describe(e)}); {ing.offset} of {size} {kept}"
             ) from e
         except DataLoss:
             ing.abort()  # wrong content is never kept
@@ -355,14 +296,14 @@ class RegistryClient:
                 ing.reset()
                 continue
             async with resp:
-                raise await _status_error(resp, f"blob {desc.digest}")
+                raise await status_error(resp, f"blob {desc.digest}")
         raise Unavailable(
             f"blob {desc.digest}: {job.ep.base} answers Range requests inconsistently"
         )
 
     async def _send(
         self,
-        ep: _Endpoint,
+        ep: Endpoint,
         repo: str,
         url: str,
         creds: Credentials | None,
@@ -378,7 +319,7 @@ class RegistryClient:
 class _BlobJob:
     """One blob download in progress."""
 
-    ep: _Endpoint
+    ep: Endpoint
     repo: str
     desc: Descriptor
     ing: Ingest
@@ -408,50 +349,3 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int, what: str) -> b
         if len(buf) > limit:
             raise InvalidArgument(f"{what} is larger than the {limit} byte limit")
     return bytes(buf)
-
-
-async def _status_error(resp: aiohttp.ClientResponse, what: str) -> PodlingError:
-    """Map an unexpected HTTP status to an error, quoting the registry's error code."""
-    detail = f"HTTP {resp.status}"
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-        body = json.loads(await resp.content.read(4096))
-        err = body["errors"][0]
-        detail += f" {err.get('code', '')}: {err.get('message', '')}".rstrip(": ")
-    status = resp.status
-    if status == 404:
-        return NotFound(f"{what} not found ({detail})")
-    if status == 401:
-        return Unauthenticated(f"{what}: not authorised ({detail})")
-    if status == 403:
-        return PermissionDenied(f"{what}: access denied ({detail}); check pull credentials")
-    if status == 400:
-        return InvalidArgument(f"{what}: request rejected ({detail})")
-    if status == 429:
-        return Unavailable(f"{what}: rate limited ({detail}); retry later")
-    return Unavailable(f"{what}: unexpected answer ({detail})")
-
-
-def _describe(e: BaseException) -> str:
-    return str(e) or type(e).__name__
-
-
-@contextlib.contextmanager
-def _network_errors(what: str) -> Iterator[None]:
-    """Translate aiohttp failures into podling errors naming `what`."""
-    try:
-        yield
-    except TimeoutError as e:
-        raise DeadlineExceeded(f"{what}: no answer in time") from e
-    except aiohttp.ClientConnectorError as e:
-        raise Unavailable(f"{what}: cannot connect ({_describe(e)})") from e
-    except aiohttp.ClientError as e:
-        raise Unavailable(f"{what}: request failed ({_describe(e)})") from e
-
-
-def _combined(image: str, failures: list[tuple[str, PodlingError]]) -> PodlingError:
-    """One error for a failed resolve: the last endpoint's class, every endpoint's reason."""
-    last = failures[-1][1]
-    reasons = "; ".join(f"{base}: {e.message}" for base, e in failures)
-    if isinstance(last, NotFound):
-        return NotFound(f"image {image} not found: {reasons}")
-    return type(last)(f"pulling image {image} failed: {reasons}")

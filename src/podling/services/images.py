@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from podling.errors import InvalidArgument, NotFound
 from podling.image.archive import ArchiveImage, import_archive
 from podling.image.content import ContentStore
 from podling.image.manifest import parse_config
+from podling.image.reference import parse_reference
 from podling.image.registry import Credentials
 from podling.services.importing import Importer
 from podling.services.pull import Puller
@@ -56,6 +58,7 @@ class ImageService:
         content: ContentStore,
         importer: Importer,
         puller: Puller,
+        pinned: Sequence[str] = (),
     ) -> None:
         self._store = store
         self._content = content
@@ -63,6 +66,11 @@ class ImageService:
         self._unpacker = importer.unpacker
         self.puller = puller
         self._gc_lock = asyncio.Lock()
+        self._pinned = {_normalised(p) for p in pinned}
+
+    def is_pinned(self, rec: ImageRecord) -> bool:
+        """Pinned by its record or by one of its names being in the configured list."""
+        return rec.pinned or any(name in self._pinned for name, _ in rec.names)
 
     async def pull(self, image: str, creds: Credentials | None) -> str:
         if not image:
@@ -129,7 +137,7 @@ class ImageService:
             manifest=man,
             config=parse_config(config_bytes),
             config_bytes=config_bytes,
-            names=[(n, "digest" if "@" in n else "tag") for n in img.names],
+            names=archive_names(img.names, img.manifest_digest),
             blob=blob,
         )
         return image_id, list(img.names)
@@ -144,3 +152,20 @@ class ImageService:
         # runtime service creates containers, so this is the snapshot dir with no usage.
         container_fs = FsUsage(str(snapshots_dir), 0, 0, now)
         return image_fs, container_fs
+
+
+def archive_names(names: Sequence[str], manifest_digest: str) -> list[tuple[str, str]]:
+    """The names a loaded image is recorded under: each tag, plus `repo@manifest digest`
+    for each repository (as for a pull, so the kubelet sees a repo digest)."""
+    out: set[tuple[str, str]] = set()
+    for text in names:
+        ref = parse_reference(text)
+        if ref.repo_tag and not ref.digest:
+            out.add((ref.repo_tag, "tag"))
+        out.add((f"{ref.name}@{ref.digest or manifest_digest}", "digest"))
+    return sorted(out)
+
+
+def _normalised(text: str) -> str:
+    ref = parse_reference(text)
+    return str(ref.repo_digest if ref.digest else ref.repo_tag)

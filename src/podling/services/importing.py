@@ -7,6 +7,7 @@ shares layers can never take a snapshot this image is about to rely on.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -18,9 +19,15 @@ BlobFn = Callable[[int], Awaitable[Path]]
 
 
 class Importer:
-    def __init__(self, unpacker: LayerUnpacker, recorder: ImageRecorder) -> None:
+    def __init__(
+        self,
+        unpacker: LayerUnpacker,
+        recorder: ImageRecorder,
+        chain_in_use: Callable[[str], bool],
+    ) -> None:
         self.unpacker = unpacker
         self._recorder = recorder
+        self._chain_in_use = chain_in_use
 
     async def import_image(
         self,
@@ -34,9 +41,31 @@ class Importer:
         extra_blobs: Sequence[str] = (),
     ) -> str:
         """Unpack every missing layer (`blob(i)` gives layer i's verified blob) and record
-        the image under `names`; returns the image id."""
+        the image under `names`; returns the image id.
+
+        On failure the snapshots this import made that no image uses are removed again
+        (the verified blobs stay, so a retry does not download them twice)."""
         diff_ids = diff_ids_of(config, len(manifest.layers))
         chains = chain_ids(diff_ids)
+        try:
+            return await self._unpack_and_record(
+                manifest_digest, manifest, config_bytes, names, blob, extra_blobs, diff_ids, chains
+            )
+        except BaseException:
+            await asyncio.shield(self.unpacker.collect(chains, self._chain_in_use))
+            raise
+
+    async def _unpack_and_record(
+        self,
+        manifest_digest: str,
+        manifest: Manifest,
+        config_bytes: bytes,
+        names: Sequence[tuple[str, str]],
+        blob: BlobFn,
+        extra_blobs: Sequence[str],
+        diff_ids: list[str],
+        chains: list[str],
+    ) -> str:
         async with self.unpacker.hold(chains):
             await self.unpacker.unpack(manifest.layers, diff_ids, blob)
             return self._recorder.record(

@@ -112,6 +112,7 @@ class LayerUnpacker:
                     dest,
                     whiteouts=self.snapshotter.whiteouts,
                     max_bytes=self.max_layer_size,
+                    lowers=self.snapshotter.lower_dirs(key),
                 )
             if result.diff_id != diff_id:
                 raise DataLoss(

@@ -46,6 +46,16 @@ class Snapshotter(Protocol):
         """
         ...
 
+    def lower_dirs(self, key: str) -> list[Path]:
+        """Dirs of active snapshot `key`'s committed parent chain, nearest parent first.
+
+        What apply_layer needs to resolve paths through the layers below a prepared dir:
+        overlayfs: the parents' upper dirs ([] for a base layer); native: always [] (the
+        prepared dir is a full copy). NotFound if unknown, FailedPrecondition if `key` is
+        not an active snapshot.
+        """
+        ...
+
     def commit(self, name: str, key: str) -> None:
         """Active `key` becomes committed `name` (AlreadyExists if `name` is taken)."""
         ...

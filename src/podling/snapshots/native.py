@@ -8,6 +8,7 @@ extracted with native whiteouts (deletions). Mounts are bind mounts of the tree.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 from podling.errors import Internal
 from podling.snapshots.base import Mount, WhiteoutMode
@@ -42,3 +43,6 @@ class NativeSnapshotter(DirSnapshotter):
 
     def _view_mounts(self, parent: int) -> list[Mount]:
         return [Mount("bind", str(self._fs(parent)), ("rbind", "ro"))]
+
+    def _lower_paths(self, info: Info) -> list[Path]:
+        return []  # the active dir is a full copy of its parent's tree

@@ -41,6 +41,9 @@ class OverlaySnapshotter(DirSnapshotter):
             Mount("overlay", "overlay", (f"workdir={work}", f"upperdir={fs}", f"lowerdir={lowers}"))
         ]
 
+    def _lower_paths(self, info: Info) -> list[Path]:
+        return [] if info.parent is None else [Path(d) for d in self._lower_dirs(info.parent)]
+
     def _view_mounts(self, parent: int) -> list[Mount]:
         lowers = self._lower_dirs(parent)
         if len(lowers) == 1:

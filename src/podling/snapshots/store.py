@@ -92,6 +92,10 @@ class DirSnapshotter:
     def _view_mounts(self, parent: int) -> list[Mount]:
         raise NotImplementedError
 
+    def _lower_paths(self, info: Info) -> list[Path]:
+        """The dirs below active snapshot `info` that apply_layer must see through."""
+        raise NotImplementedError
+
     # --- shared implementation -----------------------------------------------------
 
     def _dir(self, sid: int) -> Path:
@@ -143,6 +147,15 @@ class DirSnapshotter:
             log.warning(
                 "snapshot %r removed, but deleting %s failed: %s", key, self._dir(info.id), e
             )
+
+    def lower_dirs(self, key: str) -> list[Path]:
+        info = self._meta.get(key)
+        if info.kind != ACTIVE:
+            raise FailedPrecondition(
+                f"snapshot {key!r} is {info.kind}: only active snapshots have a dir to extract "
+                "into; prepare one"
+            )
+        return self._lower_paths(info)
 
     def exists(self, key: str) -> bool:
         return self._meta.find(key) is not None

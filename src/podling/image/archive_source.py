@@ -10,7 +10,6 @@ counts as missing: `exists` says False and the reading methods raise InvalidArgu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 import tarfile
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from podling.errors import DataLoss, InvalidArgument, UnsafeContent
-from podling.image.content import ContentStore
+from podling.image.content import ContentStore, hash_stream
 
 __all__ = [
     "JSON_LIMIT",
@@ -34,7 +33,6 @@ __all__ = [
 ]
 
 JSON_LIMIT = 16 << 20  # manifests, indexes and configs are far smaller; refuse to buffer more
-_CHUNK = 1 << 20
 _MAX_LINKS = 8
 
 
@@ -182,25 +180,14 @@ def copy_to_store(
     """
     if store.has(digest):
         return
-    ingest = store.ingest(digest, size)
     try:
-        ingest.reset()
         with src.open(name) as f:
-            while chunk := f.read(_CHUNK):
-                ingest.write(chunk)
-        ingest.commit()
+            store.put_stream(f, digest, size)
     except DataLoss as e:
-        ingest.abort()
         raise DataLoss(f"{src.label}: {name}: {e.message}") from e
-    except BaseException:
-        ingest.abort()
-        raise
 
 
 def hash_file(src: Source, name: str) -> str:
     """The sha256 digest ("sha256:<hex>") of `name`, streamed."""
-    h = hashlib.sha256()
     with src.open(name) as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+        return hash_stream(f)

@@ -17,7 +17,6 @@ instead of collecting a 401 first.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
@@ -31,6 +30,7 @@ from yarl import URL
 
 from podling.errors import InvalidArgument, Unauthenticated, Unavailable
 from podling.image.registry_errors import describe
+from podling.keyedlock import KeyedLocks
 
 _DEFAULT_EXPIRY = 60.0
 # Renew a little before the server's deadline so a token does not expire in flight.
@@ -184,7 +184,7 @@ class Authenticator:
         self._tokens: dict[_TokenKey, tuple[str, float]] = {}
         self._challenges: dict[tuple[str, str], Challenge] = {}
         # One token request per key at a time: parallel layer pulls share the answer.
-        self._token_locks: dict[_TokenKey, asyncio.Lock] = {}
+        self._token_locks: KeyedLocks[_TokenKey] = KeyedLocks()
 
     def cached_header(self, where: tuple[str, str], creds: Credentials | None) -> str | None:
         """An Authorization header for (endpoint, repository) without any network, if known."""
@@ -299,8 +299,9 @@ class Authenticator:
         creds: Credentials,
     ) -> str:
         key = self._key(challenge, where[1], creds)
-        lock = self._token_locks.setdefault(key, asyncio.Lock())
-        async with lock:  # tokens are never empty (_new_token refuses one), so `or` is safe
+        async with self._token_locks.hold(
+            key
+        ):  # tokens are never empty (_new_token refuses one), so `or` is safe
             return self._cached_token(key) or await self._new_token(
                 session, challenge, where, creds, key
             )

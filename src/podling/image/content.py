@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from podling.errors import DataLoss, InvalidArgument
 
@@ -31,6 +32,14 @@ def digest_hex(digest: str) -> str:
             f"unsupported or malformed digest {digest!r}: expected sha256:<64 hex>"
         )
     return m.group(1)
+
+
+def hash_stream(f: IO[bytes]) -> str:
+    """The sha256 digest of everything left in `f`, read in chunks."""
+    h = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 def sha256_digest(data: bytes) -> str:
@@ -142,23 +151,29 @@ class ContentStore:
         ing.commit()
         return want
 
+    def put_stream(self, f: IO[bytes], digest: str, size: int | None) -> str:
+        """Copy a stream in as `digest` (verified; DataLoss on mismatch, nothing kept).
+        Nothing is read if the blob is already stored."""
+        if self.has(digest):
+            return digest
+        ing = self.ingest(digest, size)
+        try:
+            ing.reset()
+            while chunk := f.read(_CHUNK):
+                ing.write(chunk)
+            ing.commit()
+        except BaseException:
+            ing.abort()
+            raise
+        return digest
+
     def put_file(self, src: Path, digest: str | None = None) -> str:
         """Copy a file in, verifying `digest` if given; returns the digest."""
-        h = hashlib.sha256()
-        with src.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        actual = "sha256:" + h.hexdigest()
-        if digest is not None and digest != actual:
-            raise DataLoss(f"{src}: content is {actual}, expected {digest}")
-        if not self.has(actual):
-            ing = self.ingest(actual, src.stat().st_size)
-            ing.reset()
+        if digest is None:
             with src.open("rb") as f:
-                while chunk := f.read(_CHUNK):
-                    ing.write(chunk)
-            ing.commit()
-        return actual
+                digest = hash_stream(f)
+        with src.open("rb") as f:
+            return self.put_stream(f, digest, src.stat().st_size)
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)

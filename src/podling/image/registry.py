@@ -18,9 +18,8 @@ keeps its partial ingest so the next attempt resumes with a Range request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +32,7 @@ from podling.image.content import ContentStore, Ingest, digest_hex, sha256_diges
 from podling.image.manifest import ACCEPT, Descriptor, Index, Manifest, parse, select_platform
 from podling.image.registry_endpoints import Endpoint, HostConfig, endpoints_for, normalize_hosts
 from podling.image.registry_errors import combined_error, describe, network_errors, status_error
+from podling.keyedlock import KeyedLocks
 
 if TYPE_CHECKING:
     from podling.image.reference import Reference
@@ -85,7 +85,8 @@ class RegistryClient:
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
         self._auth = Authenticator()
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # serialise downloads of one digest: two writers on one ingest file would corrupt it
+        self._blob_locks: KeyedLocks[str] = KeyedLocks()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -201,7 +202,7 @@ class RegistryClient:
         if store.has(desc.digest):
             return store.path(desc.digest)
         ep = Endpoint(resolved.endpoint, resolved.mirror, resolved.registry_host)
-        async with self._blob_lock(desc.digest):
+        async with self._blob_locks.hold(desc.digest):
             if store.has(desc.digest):
                 return store.path(desc.digest)
             ing = await asyncio.to_thread(store.ingest, desc.digest, desc.size)
@@ -216,21 +217,6 @@ class RegistryClient:
             job.ing = await asyncio.to_thread(store.ingest, desc.digest, desc.size)
             job.ing.reset()
             return await self._download(job)
-
-    @contextlib.asynccontextmanager
-    async def _blob_lock(self, digest: str) -> AsyncIterator[None]:
-        """Serialise downloads of one digest: two writers on one ingest file would corrupt it."""
-        lock, users = self._locks.get(digest, (asyncio.Lock(), 0))
-        self._locks[digest] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[digest]
-            if users <= 1:
-                del self._locks[digest]
-            else:
-                self._locks[digest] = (lock, users - 1)
 
     async def _download(self, job: _BlobJob) -> Path:
         """Stream the rest of the blob into job.ing and commit it; see fetch_blob."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from podling.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from podling.image.manifest import Descriptor
 from podling.image.unpack import apply_layer, open_layer
+from podling.keyedlock import KeyedLocks
 from podling.snapshots.base import Snapshotter
 
 
@@ -60,18 +61,8 @@ class LayerUnpacker:
     def __init__(self, snapshotter: Snapshotter, max_layer_size: int) -> None:
         self.snapshotter = snapshotter
         self.max_layer_size = max_layer_size
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.chain_locks: KeyedLocks[str] = KeyedLocks()
         self.active: Counter[str] = Counter()
-
-    @asynccontextmanager
-    async def chain_lock(self, chain: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(chain, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and not lock._waiters:
-                self._locks.pop(chain, None)
 
     def missing(self, chains: Sequence[str]) -> list[int]:
         """Indexes of the layers whose snapshot does not exist yet (their blobs are needed)."""
@@ -91,7 +82,7 @@ class LayerUnpacker:
         chains = chain_ids(diff_ids)
         parent: str | None = None
         for i, chain in enumerate(chains):
-            async with self.chain_lock(chain):
+            async with self.chain_locks.hold(chain):
                 if not self.snapshotter.exists(chain):
                     path = await blob(i)
                     await asyncio.to_thread(
@@ -137,7 +128,7 @@ class LayerUnpacker:
     async def collect(self, chains: Sequence[str], in_use: Callable[[str], bool]) -> None:
         """Remove the snapshots of `chains` (top first) that nothing uses any more."""
         for chain in reversed(chains):
-            async with self.chain_lock(chain):
+            async with self.chain_locks.hold(chain):
                 if self.active[chain] or in_use(chain) or not self.snapshotter.exists(chain):
                     continue
                 await asyncio.to_thread(self._remove_quietly, chain)

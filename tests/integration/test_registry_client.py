@@ -203,7 +203,7 @@ async def test_concurrent_fetches_of_one_blob(
     assert set(paths) == {store.path(big.digest)}
     assert store.read_bytes(big.digest) == pushed.images["plain"].blobs[big.digest]
     assert ingest_files(store) == []
-    assert client._locks == {}  # no per-digest lock outlives its downloads
+    assert len(client._blob_locks) == 0  # no per-digest lock outlives its downloads
 
 
 # ---- basic auth ------------------------------------------------------------------------

@@ -40,6 +40,8 @@ def processes(session_tmp: str = "") -> set[str]:
         if not p.name.isdigit():
             continue
         try:
+            if (p / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # exited, waiting for its parent (often PID 1) to reap it
             comm = (p / "comm").read_text().strip()
             cmdline = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -16,16 +17,31 @@ from podling.api.interceptors import LoggingErrorInterceptor
 from podling.api.runtime import RuntimeServicer
 from podling.config import Config
 from podling.daemon_lock import DaemonLock
+from podling.errors import PodlingError
 from podling.image.content import ContentStore
 from podling.image.registry import HostConfig, RegistryClient
 from podling.paths import Paths
+from podling.runtimes.conmon import Conmon
+from podling.runtimes.oci import OciRuntime
+from podling.sandbox.cni import CniManager, DefaultNetwork
+from podling.services.container_create import CreateDeps
+from podling.services.containers import ContainerService
+from podling.services.events import EventBus
+from podling.services.exits import watch_exits
 from podling.services.images import ImageService
 from podling.services.importing import Importer
+from podling.services.infra import InfraRunner
+from podling.services.pod_run import PodRunDeps
+from podling.services.pods import PodService
 from podling.services.pull import Puller
 from podling.services.records import ImageRecorder
+from podling.services.recovery import recover
+from podling.services.stats import StatsCollector
 from podling.services.unpacking import LayerUnpacker
 from podling.snapshots import create_snapshotter
+from podling.snapshots.base import Snapshotter
 from podling.store.metadata import MetadataStore, open_store
+from podling.store.pods import PodStore
 
 log = logging.getLogger("podling")
 
@@ -42,14 +58,27 @@ class App:
     store: MetadataStore
     registry: RegistryClient
     images: ImageService
+    pods: PodService
+    containers: ContainerService
     server: grpc.aio.Server
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
+        try:
+            self.pods.deps.cni.ensure_config()
+        except PodlingError as e:
+            log.error("no usable CNI network: %s", e.message)  # Status says NetworkReady false
+        await recover(self.pods, self.containers)
+        self._tasks.append(asyncio.create_task(watch_exits(self.containers), name="exits"))
         await self.server.start()
         log.info("serving CRI v1", extra={"socket": str(self.paths.socket)})
 
     async def stop(self, grace: float = 5.0) -> None:
+        """Stop serving; containers keep running (conmon holds them)."""
         await self.server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.images.puller.close()
         await self.registry.close()
         self.store.close()
@@ -70,11 +99,10 @@ def build(cfg: Config) -> App:
         raise
 
 
-def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
-    store = open_store(paths.metadata_db)
+def _images(
+    cfg: Config, store: MetadataStore, snapshotter: Snapshotter, paths: Paths
+) -> tuple[RegistryClient, ImageService]:
     content = ContentStore(paths.content)
-    snapshotter = create_snapshotter(paths.snapshots, cfg.images.snapshotter)
-    log.info("snapshotter ready", extra={"snapshotter": snapshotter.name})
     hosts = {
         host: HostConfig(tuple(r.mirrors), r.insecure, r.skip_upstream)
         for host, r in cfg.images.registries.items()
@@ -83,9 +111,39 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
     unpacker = LayerUnpacker(snapshotter, cfg.images.max_layer_size)
     importer = Importer(unpacker, ImageRecorder(store), store.chain_in_use)
     puller = Puller(registry, content, importer, cfg.images.max_concurrent_downloads)
-    images = ImageService(store, content, importer, puller, cfg.images.pinned)
+    return registry, ImageService(store, content, importer, puller, cfg.images.pinned)
+
+
+def _runtime(
+    cfg: Config, store: MetadataStore, snapshotter: Snapshotter, paths: Paths
+) -> tuple[PodService, ContainerService, EventBus]:
+    events = EventBus()
+    pod_store = PodStore(store)
+    runtime = OciRuntime(cfg.runtime.default_handler, cfg.runtime.runc, paths.runc_root)
+    conmon = Conmon(runtime, cfg.runtime.conmon)
+    containers = ContainerService(CreateDeps(paths, pod_store, store, snapshotter, conmon, events))
+    cni = CniManager(
+        Path(cfg.network.cni_conf_dir),
+        [Path(d) for d in cfg.network.cni_bin_dirs],
+        paths.cni_cache,
+        paths.ipam,
+        DefaultNetwork(bridge=cfg.network.default_bridge, subnet=cfg.network.default_subnet),
+    )
+    infra = InfraRunner(paths, conmon, runtime, cfg.runtime.infra_binary)
+    pods = PodService(PodRunDeps(cfg, paths, pod_store, cni, infra, events), containers)
+    return pods, containers, events
+
+
+def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
+    store = open_store(paths.metadata_db)
+    snapshotter = create_snapshotter(paths.snapshots, cfg.images.snapshotter)
+    log.info("snapshotter ready", extra={"snapshotter": snapshotter.name})
+    registry, images = _images(cfg, store, snapshotter, paths)
+    pods, containers, events = _runtime(cfg, store, snapshotter, paths)
+    stats = StatsCollector(snapshotter, str(paths.snapshots))
     server = grpc.aio.server(interceptors=[LoggingErrorInterceptor()])
-    pb_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(cfg), server)
+    runtime_api = RuntimeServicer(cfg, pods, containers, events, stats)
+    pb_grpc.add_RuntimeServiceServicer_to_server(runtime_api, server)
     pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(images, paths.snapshots), server)
     server.add_generic_rpc_handlers([AdminServicer(images).handler()])
     # grpc binds the socket here: make it 0660 from birth, so no other user can ever connect
@@ -94,4 +152,4 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
         server.add_insecure_port(f"unix://{paths.socket}")
     finally:
         os.umask(old)
-    return App(cfg, paths, lock, store, registry, images, server)
+    return App(cfg, paths, lock, store, registry, images, pods, containers, server)

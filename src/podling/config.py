@@ -91,14 +91,37 @@ class RuntimeConfig:
     default_handler: str = field(
         default="runc", metadata=_doc("the OCI runtime used when a pod names no RuntimeClass")
     )
+    runc: str = field(default="runc", metadata=_doc("the runc binary (a name on PATH or a path)"))
+    conmon: str = field(default="conmon", metadata=_doc("the conmon binary"))
     cgroup_driver: str = field(
         default="cgroupfs",
         metadata=_doc("cgroupfs (systemd is not PID 1 on our nodes)", ("one_of", ("cgroupfs",))),
+    )
+    cgroup_parent: str = field(
+        default="/podling",
+        metadata=_doc("cgroup under which pods that name no cgroup_parent get theirs"),
+    )
+    infra_binary: str = field(
+        default="/usr/bin/catatonit",
+        metadata=_doc("static init run as the infra process of pods that share a PID namespace"),
+    )
+    stop_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "seconds StopPodSandbox gives containers before SIGKILL", ("range", (0, 3600))
+        ),
     )
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
+    default_bridge: str = field(
+        default="podling0",
+        metadata=_doc("bridge of the network podling writes when cni_conf_dir holds none"),
+    )
+    default_subnet: str = field(
+        default="10.88.0.0/16", metadata=_doc("pod subnet of that default network")
+    )
     cni_conf_dir: str = field(
         default="/etc/cni/net.d", metadata=_doc("where CNI network configs are read")
     )

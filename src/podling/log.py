@@ -55,3 +55,5 @@ def setup(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # grpc's own debug lines (one per call) would drown ours
+    logging.getLogger("grpc").setLevel(max(root.level, logging.INFO))

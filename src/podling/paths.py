@@ -36,8 +36,63 @@ class Paths:
     def state_lock(self) -> Path:
         return self.state / "podlingd.lock"
 
+    @property
+    def pods(self) -> Path:
+        """state/pods/<pod id>/: pinned namespaces, hostname, resolv.conf, hosts, shm."""
+        return self.state / "pods"
+
+    def pod_dir(self, pod_id: str) -> Path:
+        return self.pods / pod_id
+
+    @property
+    def containers(self) -> Path:
+        """state/containers/<container id>/: the OCI bundle, conmon's pid and ctl files."""
+        return self.state / "containers"
+
+    def bundle(self, cid: str) -> Path:
+        return self.containers / cid
+
+    @property
+    def exits(self) -> Path:
+        """conmon writes each container's exit code here, as a file named by its id."""
+        return self.state / "exits"
+
+    @property
+    def attach_sockets(self) -> Path:
+        return self.state / "attach"
+
+    @property
+    def runc_root(self) -> Path:
+        return self.state / "runc"
+
+    @property
+    def cni_cache(self) -> Path:
+        return self.state / "cni" / "cache"
+
+    @property
+    def ipam(self) -> Path:
+        return self.state / "cni" / "ipam"
+
+    @property
+    def infra_rootfs(self) -> Path:
+        return self.state / "infra-rootfs"
+
     def ensure(self) -> None:
         """Create the directories podling owns (0700: image content may hold secrets)."""
-        for d in (self.root, self.state, self.content, self.snapshots, self.socket.parent):
+        dirs = (
+            self.root,
+            self.state,
+            self.content,
+            self.snapshots,
+            self.socket.parent,
+            self.pods,
+            self.containers,
+            self.exits,
+            self.attach_sockets,
+            self.runc_root,
+            self.cni_cache,
+            self.ipam,
+        )
+        for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)

@@ -72,3 +72,7 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[[str], Daemon]]:
 def push(registry: RegistryServer, repo: str, tag: str, image: BuiltImage) -> str:
     push_image(registry.url, repo, tag, image)
     return f"{registry.host}/{repo}:{tag}"
+
+
+# pod fixtures: `env` (a module-scoped daemon on the module's BRIDGE and SUBNET) and `clean`
+from tests.integration.pod_fixtures import clean, env  # noqa: E402, F401

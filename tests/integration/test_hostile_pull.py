@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _diff_id(blob: bytes, media_type: str) -> str:
             blob = gzip.decompress(blob)
         elif media_type.endswith("zstd"):
             blob = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
-    except (OSError, EOFError, zstandard.ZstdError):
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError):
         pass
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 

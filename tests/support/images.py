@@ -30,7 +30,31 @@ import zstandard
 
 BUSYBOX = Path("/usr/bin/busybox")
 MTIME = 1_700_000_000
-BUSYBOX_APPLETS = ("sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "env", "nc")
+BUSYBOX_APPLETS = (
+    "sh",
+    "ls",
+    "cat",
+    "echo",
+    "sleep",
+    "true",
+    "false",
+    "id",
+    "env",
+    "nc",
+    "httpd",
+    "hostname",
+    "head",
+    "tr",
+    "dd",
+    "kill",
+    "ps",
+    "grep",
+    "mkdir",
+    "touch",
+    "rm",
+    "printf",
+    "wc",
+)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -11,17 +11,34 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as pb_grpc
 
 import podling
+from podling.api.containers import ContainersApi
+from podling.api.pods import PodsApi
 from podling.api.unimplemented import fill_unimplemented
 from podling.config import Config
+from podling.services.containers import ContainerService
+from podling.services.events import EventBus
+from podling.services.pods import PodService
+from podling.services.stats import StatsCollector
 from podling.services.status import network_condition, runtime_condition
 
 RUNTIME_NAME = "podling"
 RUNTIME_API_VERSION = "v1"
 
 
-class RuntimeServicer(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
-    def __init__(self, cfg: Config) -> None:
+class RuntimeServicer(PodsApi, ContainersApi, pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        cfg: Config,
+        pods: PodService,
+        containers: ContainerService,
+        events: EventBus,
+        stats: StatsCollector,
+    ) -> None:
         self._cfg = cfg
+        self._pods = pods
+        self._containers = containers
+        self._events = events
+        self._stats = stats
 
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -32,7 +49,7 @@ class RuntimeServicer(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
         )
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
-        conds = [runtime_condition(self._cfg), network_condition(self._cfg)]
+        conds = [runtime_condition(self._cfg), network_condition(self._pods.deps.cni)]
         status = pb.RuntimeStatus(
             conditions=[
                 pb.RuntimeCondition(

@@ -15,8 +15,9 @@ def fill_unimplemented(cls: type[Any], service: ServiceDescriptor) -> type[Any]:
     The generated base servicer already answers UNIMPLEMENTED, but with a sync method and a
     generic message; ours goes through the interceptor (so it is logged) and names the RPC.
     """
+    generated = {k for k in cls.__mro__ if k.__module__.endswith("_pb2_grpc")}
     for m in service.methods:
-        if m.name in cls.__dict__:
+        if any(m.name in k.__dict__ for k in cls.__mro__ if k not in generated):
             continue
 
         setattr(cls, m.name, _not_built(service.name, m.name, m.server_streaming))

@@ -6,6 +6,7 @@ import click
 from cri_api.v1 import api_pb2 as pb
 
 from podling.cli import images as image_cmds
+from podling.cli import workloads
 from podling.cli.connect import connect, endpoint
 from podling.cli.render import as_dict, emit, expand_info
 
@@ -51,6 +52,7 @@ def info(obj: dict[str, object], output: str) -> None:
 
 
 image_cmds.register(main)
+workloads.register(main)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from podling.errors import FailedPrecondition
 
@@ -50,6 +51,29 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (image_id, idx)
     );
     CREATE INDEX image_layers_by_chain ON image_layers(chain_id);
+    """,
+    # 1 → 2: pod sandboxes and containers. Columns for what is filtered or unique; the
+    # CRI config as the proto's bytes; everything else in `doc` (JSON, see store/pods.py).
+    """
+    CREATE TABLE pods (
+        id TEXT PRIMARY KEY,
+        reservation TEXT NOT NULL UNIQUE,   -- name_namespace_uid_attempt: one pod per name
+        state TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        config BLOB NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE containers (
+        id TEXT PRIMARY KEY,
+        pod_id TEXT NOT NULL REFERENCES pods(id),
+        reservation TEXT NOT NULL,          -- name_attempt, unique within the pod
+        state TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        config BLOB NOT NULL,
+        doc TEXT NOT NULL,
+        UNIQUE (pod_id, reservation)
+    );
+    CREATE INDEX containers_by_pod ON containers(pod_id);
     """,
 )
 
@@ -96,6 +120,11 @@ class MetadataStore:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query under the lock and return all rows."""
+        with self._lock:
+            return list(self._conn.execute(sql, params).fetchall())
 
     def schema_version(self) -> int:
         with self._lock:

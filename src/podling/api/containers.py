@@ -1,0 +1,230 @@
+"""CRI RuntimeService, container RPCs: proto in, service call, proto out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cri_api.v1 import api_pb2 as pb
+from google.protobuf.json_format import ParseDict
+
+from podling.api.pods import pod_status
+from podling.services.container_create import spec_of
+from podling.services.containers import ContainerService
+from podling.services.events import CREATED, DELETED, STARTED, Event, EventBus
+from podling.services.execsync import exec_sync
+from podling.services.pods import PodService
+from podling.services.stats import StatsCollector
+from podling.services.validate import require
+from podling.store.pods import CT_CREATED, CT_EXITED, CT_RUNNING, ContainerRecord
+
+_STATES = {
+    CT_CREATED: pb.ContainerState.CONTAINER_CREATED,
+    CT_RUNNING: pb.ContainerState.CONTAINER_RUNNING,
+    CT_EXITED: pb.ContainerState.CONTAINER_EXITED,
+}
+_EVENTS = {
+    CREATED: pb.ContainerEventType.CONTAINER_CREATED_EVENT,
+    STARTED: pb.ContainerEventType.CONTAINER_STARTED_EVENT,
+    DELETED: pb.ContainerEventType.CONTAINER_DELETED_EVENT,
+}
+
+
+def ct_state(rec: ContainerRecord) -> pb.ContainerState.ValueType:
+    return _STATES.get(rec.state, pb.ContainerState.CONTAINER_UNKNOWN)
+
+
+def ct_status(rec: ContainerRecord) -> pb.ContainerStatus:
+    config = pb.ContainerConfig.FromString(rec.config)
+    return pb.ContainerStatus(
+        id=rec.id,
+        metadata=config.metadata,
+        state=ct_state(rec),
+        created_at=rec.created_ns,
+        started_at=rec.started_ns,
+        finished_at=rec.finished_ns,
+        exit_code=rec.exit_code,
+        image=pb.ImageSpec(image=rec.image),
+        image_ref=rec.image_id,
+        image_id=rec.image_id,
+        reason=rec.reason,
+        message=rec.message,
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        mounts=[ParseDict(m, pb.Mount()) for m in rec.mounts],
+        log_path=rec.log_path,
+    )
+
+
+def ct_summary(rec: ContainerRecord) -> pb.Container:
+    config = pb.ContainerConfig.FromString(rec.config)
+    return pb.Container(
+        id=rec.id,
+        pod_sandbox_id=rec.pod_id,
+        metadata=config.metadata,
+        image=pb.ImageSpec(image=rec.image),
+        image_ref=rec.image_id,
+        image_id=rec.image_id,
+        state=ct_state(rec),
+        created_at=rec.created_ns,
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+    )
+
+
+def _matches(rec: ContainerRecord, flt: pb.ContainerFilter) -> bool:
+    if flt.id and not rec.id.startswith(flt.id):
+        return False
+    if flt.pod_sandbox_id and not rec.pod_id.startswith(flt.pod_sandbox_id):
+        return False
+    if flt.HasField("state") and ct_state(rec) != flt.state.state:
+        return False
+    labels = pb.ContainerConfig.FromString(rec.config).labels
+    return all(labels.get(k) == v for k, v in flt.label_selector.items())
+
+
+class ContainersApi:
+    _pods: PodService
+    _containers: ContainerService
+    _events: EventBus
+    _stats: StatsCollector
+
+    async def CreateContainer(
+        self, request: pb.CreateContainerRequest, context: Any
+    ) -> pb.CreateContainerResponse:
+        cid = await self._containers.create(request.pod_sandbox_id, request.config)
+        return pb.CreateContainerResponse(container_id=cid)
+
+    async def StartContainer(
+        self, request: pb.StartContainerRequest, context: Any
+    ) -> pb.StartContainerResponse:
+        await self._containers.start(request.container_id)
+        return pb.StartContainerResponse()
+
+    async def StopContainer(
+        self, request: pb.StopContainerRequest, context: Any
+    ) -> pb.StopContainerResponse:
+        await self._containers.stop(require(request.container_id, "container_id"), request.timeout)
+        return pb.StopContainerResponse()
+
+    async def RemoveContainer(
+        self, request: pb.RemoveContainerRequest, context: Any
+    ) -> pb.RemoveContainerResponse:
+        await self._containers.remove(require(request.container_id, "container_id"))
+        return pb.RemoveContainerResponse()
+
+    async def ContainerStatus(
+        self, request: pb.ContainerStatusRequest, context: Any
+    ) -> pb.ContainerStatusResponse:
+        rec = self._containers.get(request.container_id)
+        info: dict[str, str] = {}
+        if request.verbose:
+            info["info"] = json.dumps(
+                {
+                    "pid": rec.pid,
+                    "sandboxID": rec.pod_id,
+                    "runtimeSpec": spec_of(rec),
+                    "snapshotKey": rec.snapshot,
+                    "bundle": rec.bundle,
+                }
+            )
+        return pb.ContainerStatusResponse(status=ct_status(rec), info=info)
+
+    async def ListContainers(
+        self, request: pb.ListContainersRequest, context: Any
+    ) -> pb.ListContainersResponse:
+        recs = [r for r in self._containers.store.containers() if r.state != "creating"]
+        if request.HasField("filter"):
+            recs = [r for r in recs if _matches(r, request.filter)]
+        return pb.ListContainersResponse(containers=[ct_summary(r) for r in recs])
+
+    async def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: Any
+    ) -> pb.UpdateContainerResourcesResponse:
+        await self._containers.update_resources(request.container_id, request.linux)
+        return pb.UpdateContainerResourcesResponse()
+
+    async def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: Any
+    ) -> pb.ReopenContainerLogResponse:
+        self._containers.reopen_log(request.container_id)
+        return pb.ReopenContainerLogResponse()
+
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: Any) -> pb.ExecSyncResponse:
+        res = await exec_sync(
+            self._containers, request.container_id, list(request.cmd), request.timeout
+        )
+        return pb.ExecSyncResponse(stdout=res.stdout, stderr=res.stderr, exit_code=res.exit_code)
+
+    async def ContainerStats(
+        self, request: pb.ContainerStatsRequest, context: Any
+    ) -> pb.ContainerStatsResponse:
+        rec = self._containers.get(request.container_id)
+        pod = self._pods.get(rec.pod_id)
+        return pb.ContainerStatsResponse(stats=self._stats.container(rec, pod))
+
+    async def ListContainerStats(
+        self, request: pb.ListContainerStatsRequest, context: Any
+    ) -> pb.ListContainerStatsResponse:
+        out = []
+        flt = request.filter
+        for rec in self._containers.store.containers():
+            if rec.state != CT_RUNNING and rec.state != CT_CREATED:
+                continue
+            if flt.id and not rec.id.startswith(flt.id):
+                continue
+            if flt.pod_sandbox_id and not rec.pod_id.startswith(flt.pod_sandbox_id):
+                continue
+            labels = pb.ContainerConfig.FromString(rec.config).labels
+            if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+                continue
+            pod = self._pods.find(rec.pod_id)
+            if pod is not None:
+                out.append(self._stats.container(rec, pod))
+        return pb.ListContainerStatsResponse(stats=out)
+
+    async def PodSandboxStats(
+        self, request: pb.PodSandboxStatsRequest, context: Any
+    ) -> pb.PodSandboxStatsResponse:
+        pod = self._pods.get(request.pod_sandbox_id)
+        running = [c for c in self._containers.store.containers(pod.id) if c.state == CT_RUNNING]
+        return pb.PodSandboxStatsResponse(stats=self._stats.pod(pod, running))
+
+    async def ListPodSandboxStats(
+        self, request: pb.ListPodSandboxStatsRequest, context: Any
+    ) -> pb.ListPodSandboxStatsResponse:
+        flt = request.filter
+        out = []
+        for pod in self._pods.list(None):
+            if flt.id and not pod.id.startswith(flt.id):
+                continue
+            labels = pb.PodSandboxConfig.FromString(pod.config).labels
+            if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+                continue
+            running = [
+                c for c in self._containers.store.containers(pod.id) if c.state == CT_RUNNING
+            ]
+            out.append(self._stats.pod(pod, running))
+        return pb.ListPodSandboxStatsResponse(stats=out)
+
+    async def GetContainerEvents(
+        self, request: pb.GetEventsRequest, context: Any
+    ) -> AsyncIterator[pb.ContainerEventResponse]:
+        async for event in self._events.subscribe():
+            yield self._event_proto(event)
+
+    def _event_proto(self, event: Event) -> pb.ContainerEventResponse:
+        kind = _EVENTS.get(event.kind, pb.ContainerEventType.CONTAINER_STOPPED_EVENT)
+        resp = pb.ContainerEventResponse(
+            container_id=event.container_id, container_event_type=kind, created_at=event.at_ns
+        )
+        pod = self._pods.find(event.pod_id)
+        if pod is not None:
+            resp.pod_sandbox_status.CopyFrom(pod_status(pod))
+            resp.containers_statuses.extend(
+                ct_status(c)
+                for c in self._containers.store.containers(pod.id)
+                if c.state != "creating"
+            )
+        return resp

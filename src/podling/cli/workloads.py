@@ -1,0 +1,12 @@
+"""Registers the pod and container verbs on the `podling` group."""
+
+from __future__ import annotations
+
+import click
+
+from podling.cli import containers, logs, pods, ps, stats
+
+
+def register(group: click.Group) -> None:
+    for module in (pods, containers, ps, logs, stats):
+        module.register(group)

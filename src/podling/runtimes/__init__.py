@@ -1,0 +1,1 @@
+"""OCI runtimes: the CRI → OCI spec, runc (and friends) and the conmon monitor."""

@@ -1,0 +1,359 @@
+"""A pod's network, IPC and UTS namespaces, pinned as bind-mounted files.
+
+Vocabulary: to *pin* a namespace is to bind-mount its /proc/<pid>/ns/<kind> file onto a
+plain file, so the namespace outlives every process in it; runc joins it through that
+path ({"type": "network", "path": ...}) and CNI plugins enter it by the same path. To
+*unpin* is to unmount and delete that file; the kernel frees the namespace when the last
+process in it is gone.
+
+Lifecycle: pin_namespaces() forks a child that unshares the requested namespaces, sets the
+hostname and sysctls inside them, and bind-mounts its own namespace files onto
+<dir>/net, <dir>/ipc, <dir>/uts. The child never unshares the mount namespace, so those
+binds land in the daemon's (the host's) mount namespace. unpin() is idempotent.
+
+Mount propagation: <dir> is made a mount point of its own (a bind of itself), first
+private (it leaves any shared peer group of its parent, so the pins are not copied to
+the parent's peers, e.g. another bind of the state dir) and then shared in a new peer
+group of its own (so a mount namespace cloned later, e.g. by a tool that unshares, sees
+our unmount and does not keep a dead pod's namespace alive). unpin() removes that bind
+again. <dir> must be dedicated to the namespace files: nothing else should be mounted
+under it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from podling.errors import AlreadyExists, Internal, InvalidArgument, NotFound
+from podling.oslib import ns
+
+T = TypeVar("T")
+
+# name of the file under /proc/self/ns -> (CLONE_NEW* flag, OCI namespace type)
+_KINDS: dict[str, tuple[int, str]] = {
+    "net": (ns.CLONE_NEWNET, "network"),
+    "ipc": (ns.CLONE_NEWIPC, "ipc"),
+    "uts": (ns.CLONE_NEWUTS, "uts"),
+}
+_IPC_SYSCTLS = ("kernel.sem",)
+_IPC_PREFIXES = ("kernel.shm", "kernel.msg", "fs.mqueue.")
+_HOST_NAME_MAX = 64
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class PinnedNamespaces:
+    """Paths of the pinned namespace files; None for a namespace shared with the host."""
+
+    net: Path | None
+    ipc: Path | None
+    uts: Path | None
+
+    def paths(self) -> dict[str, str]:
+        """OCI namespace type -> path, for the pinned ones: {"network": ..., "ipc": ...}."""
+        found = {"network": self.net, "ipc": self.ipc, "uts": self.uts}
+        return {kind: str(p) for kind, p in found.items() if p is not None}
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.net, self.ipc, self.uts) if p is not None]
+
+
+# --- sysctls -------------------------------------------------------------------------
+
+
+def _sysctl_parts(name: str) -> list[str]:
+    """The /proc/sys path components of a sysctl name, in dotted or slashed form.
+
+    As in Kubernetes, a name containing "/" is slash-separated, so dots in it are literal
+    (net/ipv4/conf/eth0.100/rp_filter); otherwise dots separate the components."""
+    parts = name.split("/") if "/" in name else name.split(".")
+    if not name or any(p in ("", ".", "..") for p in parts):
+        raise InvalidArgument(f"sysctl name {name!r} is malformed")
+    return parts
+
+
+def _canonical(name: str) -> str:
+    return ".".join(_sysctl_parts(name))
+
+
+def check_sysctls(sysctls: Mapping[str, str], *, net: bool, ipc: bool) -> None:
+    """Refuse sysctls the pod cannot set in its own namespaces, before anything is created.
+
+    `net` / `ipc`: whether the pod gets its own network / IPC namespace. net.* needs the
+    former; kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.* the latter; every other
+    sysctl is host-wide and refused. Raises InvalidArgument naming the sysctl and why."""
+    for name, value in sysctls.items():
+        canon = _canonical(name)
+        if "\n" in value or not value.strip():
+            raise InvalidArgument(f"sysctl {name}: value {value!r} is empty or multi-line")
+        if canon.startswith("net."):
+            if not net:
+                raise InvalidArgument(
+                    f"sysctl {name} needs the pod's own network namespace "
+                    "(hostNetwork is set): remove it or the host network setting"
+                )
+        elif canon in _IPC_SYSCTLS or canon.startswith(_IPC_PREFIXES):
+            if not ipc:
+                raise InvalidArgument(
+                    f"sysctl {name} needs the pod's own IPC namespace "
+                    "(hostIPC is set): remove it or the host IPC setting"
+                )
+        else:
+            raise InvalidArgument(
+                f"sysctl {name} is not namespaced: a pod may only set net.*, kernel.shm*, "
+                "kernel.msg*, kernel.sem and fs.mqueue.* sysctls"
+            )
+
+
+# --- mountinfo -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _MountEntry:
+    mount_id: str
+    parent_id: str
+    dev: str
+    root: str
+    point: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mountinfo() -> list[_MountEntry]:
+    entries = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        f = line.split()
+        entries.append(_MountEntry(f[0], f[1], f[2], _unescape(f[3]), _unescape(f[4])))
+    return entries
+
+
+def _self_bind(dir: Path, entries: list[_MountEntry]) -> _MountEntry | None:
+    """The mount on `dir` if it is a bind of `dir` onto itself (the one we make)."""
+    on_dir = [e for e in entries if e.point == str(dir)]
+    if not on_dir:
+        return None
+    top = on_dir[-1]
+    parent = next((e for e in entries if e.mount_id == top.parent_id), None)
+    if parent is None or parent.dev != top.dev:
+        return None
+    rel = os.path.relpath(dir, parent.point)
+    return top if os.path.normpath(os.path.join(parent.root, rel)) == top.root else None
+
+
+def _own_mount(dir: Path) -> None:
+    """Make `dir` a mount point in a peer group of its own (see the module docstring)."""
+    if any(e.point == str(dir) for e in _mountinfo()):
+        return  # already a mount point: ours from an earlier pin, or the caller's
+    target = str(dir)
+    ns.mount(target, target, None, ns.MS_BIND | ns.MS_REC, None)
+    try:
+        ns.mount(None, target, None, ns.MS_PRIVATE, None)
+        ns.mount(None, target, None, ns.MS_SHARED, None)
+    except OSError:
+        ns.umount2(target, ns.MNT_DETACH)
+        raise
+
+
+def _release_dir(dir: Path) -> None:
+    """Remove our bind of `dir` onto itself once nothing else is mounted under it."""
+    dir = Path(os.path.realpath(dir))
+    entries = _mountinfo()
+    if _self_bind(dir, entries) is None:
+        return
+    if any(e.point.startswith(f"{dir}/") for e in entries):
+        return  # something else still lives there; detaching would hide it
+    _umount(dir)
+
+
+def _umount(path: Path) -> None:
+    try:
+        ns.umount2(str(path), ns.MNT_DETACH)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise Internal(f"unmounting {path}: {e.strerror}") from e
+
+
+# --- pin / unpin ---------------------------------------------------------------------
+
+
+def _check_hostname(hostname: str) -> None:
+    raw = hostname.encode()
+    if not raw or len(raw) > _HOST_NAME_MAX or any(c in hostname for c in "\0\n/ "):
+        raise InvalidArgument(
+            f"hostname {hostname!r} is invalid: it needs 1 to {_HOST_NAME_MAX} bytes "
+            "without spaces, slashes or newlines"
+        )
+
+
+def pin_namespaces(
+    dir: Path,
+    *,
+    net: bool,
+    ipc: bool,
+    uts: bool,
+    hostname: str | None,
+    sysctls: Mapping[str, str],
+) -> PinnedNamespaces:
+    """Create the requested namespaces and pin them as <dir>/net, <dir>/ipc, <dir>/uts.
+
+    `hostname` is set in the new UTS namespace (ignored without `uts`: the host's is
+    shared). `sysctls` are written inside the new namespaces (checked first with
+    check_sysctls). Blocks for a fork + wait (a few ms): call it off the event loop.
+    Raises InvalidArgument (bad sysctl or hostname), AlreadyExists (a pin file exists:
+    unpin first), Internal. On any failure nothing is left pinned."""
+    check_sysctls(sysctls, net=net, ipc=ipc)
+    if uts and hostname is not None:
+        _check_hostname(hostname)
+    dir = Path(os.path.realpath(dir))
+    wanted = {"net": net, "ipc": ipc, "uts": uts}
+    kinds = [k for k, on in wanted.items() if on]
+    pinned = PinnedNamespaces(*(dir / k if on else None for k, on in wanted.items()))
+    if not kinds:
+        return pinned
+    dir.mkdir(parents=True, exist_ok=True)
+    created: list[Path] = []
+    try:
+        _own_mount(dir)
+        for kind in kinds:
+            _create_empty(dir / kind)
+            created.append(dir / kind)
+        _pin_in_child(dir, kinds, hostname if uts else None, sysctls)
+    except BaseException:
+        _unpin_files(created)
+        _release_dir(dir)
+        raise
+    return pinned
+
+
+def _create_empty(path: Path) -> None:
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+    except FileExistsError:
+        raise AlreadyExists(
+            f"namespace file {path} already exists: the pod's namespaces are pinned "
+            "(unpin them first)"
+        ) from None
+
+
+# The child that creates and pins the namespaces is util-linux's unshare(1), not a forked
+# copy of the daemon: fork() of a multi-threaded Python process (grpc's threads) can crash
+# in the child (seen here: SIGSEGV), while fork+exec is safe. unshare binds each new
+# namespace onto its file itself; the shell it runs inside sets the hostname and sysctls.
+_SETUP = r"""
+set -u
+if [ -n "$1" ]; then printf %s "$1" > /proc/sys/kernel/hostname || exit 4; fi
+shift
+while [ $# -ge 3 ]; do
+  if [ ! -e "/proc/sys/$2" ]; then echo "sysctl $1 does not exist on this kernel"; exit 3; fi
+  if ! printf %s "$3" 2>/dev/null > "/proc/sys/$2"; then
+    echo "sysctl $1: the kernel refused $3"; exit 3
+  fi
+  shift 3
+done
+"""
+_UNSHARE_FLAG = {"net": "--net", "ipc": "--ipc", "uts": "--uts"}
+
+
+def _pin_in_child(
+    dir: Path, kinds: list[str], hostname: str | None, sysctls: Mapping[str, str]
+) -> None:
+    args = ["unshare", *(f"{_UNSHARE_FLAG[k]}={dir / k}" for k in kinds), "--"]
+    args += ["/bin/sh", "-c", _SETUP, "pin", hostname or ""]
+    for name, value in sysctls.items():
+        args += [name, "/".join(_sysctl_parts(name)), value]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise Internal(f"pinning the pod's namespaces in {dir}: {e}") from e
+    message = (proc.stdout + proc.stderr).strip()
+    if proc.returncode == 3:
+        raise InvalidArgument(message)
+    if proc.returncode != 0:
+        raise Internal(
+            f"pinning the pod's namespaces in {dir}: unshare exited {proc.returncode}: {message}"
+        )
+
+
+def _unpin_files(files: list[Path]) -> None:
+    for path in files:
+        _umount(path)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise Internal(f"removing namespace file {path}: {e.strerror}") from e
+
+
+def is_namespace_file(path: Path) -> bool:
+    """True when `path` is a live namespace file (pinned, or /proc/<pid>/ns/*), not a
+    plain file left behind: nsfs files are on another device than their directory."""
+    try:
+        return os.stat(path).st_dev != os.stat(path.parent).st_dev
+    except OSError:
+        return False
+
+
+def unpin(pinned: PinnedNamespaces) -> None:
+    """Unmount (lazily) and delete every pinned namespace file, then our bind of the
+    directory. Idempotent: files already gone are fine. A namespace is freed by the
+    kernel once no process is left in it."""
+    files = pinned.files()
+    _unpin_files(files)
+    for parent in sorted({p.parent for p in files}):
+        _release_dir(parent)
+
+
+# --- running code inside ------------------------------------------------------------
+
+
+def run_in_namespace(path: Path, nstype: int, fn: Callable[[], T]) -> T:
+    """Run `fn` in a fresh thread that first setns()'d into the namespace at `path`
+    (nstype: ns.CLONE_NEWNET / CLONE_NEWIPC / CLONE_NEWUTS). Blocks until `fn` returns;
+    returns its result or re-raises its exception. Sockets `fn` creates stay in that
+    namespace. Raises NotFound if `path` is gone, Internal if setns fails."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            _enter(path, nstype)
+            box["result"] = fn()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=body, name=f"ns-{path.name}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    result: T = box["result"]
+    return result
+
+
+def _enter(path: Path, nstype: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"namespace file {path} does not exist (the pod was torn down)") from None
+    try:
+        ns.setns(fd, nstype)
+    except OSError as e:
+        raise Internal(f"entering namespace {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+
+
+def run_in_netns(netns: Path, fn: Callable[[], T]) -> T:
+    """run_in_namespace for a network namespace."""
+    return run_in_namespace(netns, ns.CLONE_NEWNET, fn)

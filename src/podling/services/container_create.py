@@ -1,0 +1,198 @@
+"""CreateContainer, step by step, each with its undo (see rollback.py).
+
+1. validate; the pod must exist and be ready; the image must be present
+2. reserve the name in the pod (record in state "creating")
+3. a writable snapshot on the image's layers, mounted as the bundle's rootfs
+4. config.json from the CRI config, the image config and the pod (runtimes/spec.py)
+5. conmon runs `runtime create`; the container waits in "created" for StartContainer
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cri_api.v1 import api_pb2 as pb
+from google.protobuf.json_format import MessageToDict
+
+from podling.errors import FailedPrecondition, NotFound
+from podling.oslib.mount import mount, unmount
+from podling.paths import Paths
+from podling.runtimes.conmon import Conmon
+from podling.runtimes.spec import PodContext, build_spec
+from podling.services import validate
+from podling.services.events import CREATED, Event, EventBus
+from podling.services.records import find_image
+from podling.services.rollback import Steps
+from podling.snapshots.base import Snapshotter
+from podling.store.metadata import ImageRecord, MetadataStore
+from podling.store.pods import CT_CREATED, CT_CREATING, ContainerRecord, PodRecord, PodStore
+
+TARGET = pb.NamespaceMode.TARGET
+
+
+@dataclass(frozen=True)
+class CreateDeps:
+    paths: Paths
+    store: PodStore
+    meta: MetadataStore
+    snapshotter: Snapshotter
+    conmon: Conmon
+    events: EventBus
+
+
+def pod_context(pod: PodRecord) -> PodContext:
+    pod_dir = Path(pod.pod_dir)
+    return PodContext(
+        sandbox_id=pod.id,
+        config=pb.PodSandboxConfig.FromString(pod.config),
+        namespaces=dict(pod.namespaces),
+        infra_pid=pod.infra_pid or None,
+        hostname_file=pod_dir / "hostname",
+        resolv_conf=pod_dir / "resolv.conf",
+        hosts_file=pod_dir / "hosts",
+        shm_path=Path(pod.shm_path) if pod.shm_path else None,
+        cgroup_parent=pod.cgroup_parent,
+    )
+
+
+def ready_pod(store: PodStore, pod_id: str) -> PodRecord:
+    pod = store.get_pod(validate.require(pod_id, "pod_sandbox_id"))
+    if pod is None:
+        raise NotFound(f"pod sandbox {pod_id} not found")
+    if pod.state != "ready":
+        raise FailedPrecondition(f"pod sandbox {pod_id} is not ready (state {pod.state})")
+    return pod
+
+
+def log_path(pod: PodRecord, config: pb.ContainerConfig, bundle: Path) -> Path:
+    """log_directory/log_path as the kubelet asks, else a file in the bundle."""
+    log_dir = pb.PodSandboxConfig.FromString(pod.config).log_directory
+    if log_dir and config.log_path:
+        return Path(log_dir) / config.log_path
+    return bundle / "ctr.log"
+
+
+def _pid_mode(config: pb.ContainerConfig, pod: PodRecord) -> pb.ContainerConfig:
+    """A container asking for the pod's PID namespace in a pod that shares none (no infra
+    process: the pod chose CONTAINER) gets its own, as the pod-level choice wins. POD is
+    the proto default, so a bare container config asks for it without meaning to."""
+    opts = config.linux.security_context.namespace_options
+    if pod.infra_pid or opts.pid != pb.NamespaceMode.POD:
+        return config
+    fixed = pb.ContainerConfig()
+    fixed.CopyFrom(config)
+    fixed.linux.security_context.namespace_options.pid = pb.NamespaceMode.CONTAINER
+    return fixed
+
+
+async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerConfig) -> str:
+    validate.container_config(config)
+    pod = ready_pod(deps.store, pod_id)
+    config = _pid_mode(config, pod)
+    image = find_image(deps.meta, config.image.image)
+    if image is None:
+        raise NotFound(f"image {config.image.image!r} not found: pull it first")
+    cid = secrets.token_hex(32)
+    bundle = deps.paths.bundle(cid)
+    rec = ContainerRecord(
+        id=cid,
+        pod_id=pod.id,
+        reservation=f"{config.metadata.name}_{config.metadata.attempt}",
+        state=CT_CREATING,
+        created_ns=time.time_ns(),
+        config=config.SerializeToString(),
+        image=config.image.image,
+        image_id=image.id,
+        bundle=str(bundle),
+        snapshot=f"ct-{cid}",
+        rootfs=str(bundle / "rootfs"),
+        log_path=str(log_path(pod, config, bundle)),
+        runtime_handler=pod.runtime_handler,
+    )
+    async with Steps("CreateContainer") as steps:
+        async with steps.step("reserve the container name"):
+            deps.store.insert_container(rec)
+        steps.undo("forget the container", lambda: deps.store.delete_container(cid))
+        bundle.mkdir(parents=True)
+        steps.undo("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
+        await _rootfs(deps, steps, rec, image)
+        async with steps.step("build the OCI spec"):
+            result = build_spec(
+                container_id=cid,
+                config=config,
+                pod=pod_context(pod),
+                image_config=json.loads(image.config),
+                rootfs=Path(rec.rootfs),
+                target_pid=_target_pid(deps.store, pod, config),
+            )
+            (bundle / "config.json").write_text(json.dumps(result.spec))
+        rec.stop_signal = result.stop_signal
+        rec.mounts = [MessageToDict(m, preserving_proto_field_name=True) for m in result.mounts]
+        Path(rec.log_path).parent.mkdir(parents=True, exist_ok=True)
+        async with steps.step("create the container (conmon)"):
+            created = await deps.conmon.create(
+                cid=cid,
+                name=config.metadata.name,
+                bundle=bundle,
+                log_path=Path(rec.log_path),
+                exit_dir=deps.paths.exits,
+                socket_dir=deps.paths.attach_sockets,
+                terminal=config.tty,
+                stdin=config.stdin,
+                stdin_once=config.stdin_once,
+            )
+        steps.undo("delete the container", lambda: _delete(deps, cid))
+        rec.pid, rec.state = created.pid, CT_CREATED
+        async with steps.step("record the container"):
+            deps.store.update_container(rec)
+        steps.commit()
+    deps.events.publish(Event(CREATED, cid, pod.id, time.time_ns()))
+    return cid
+
+
+async def _rootfs(deps: CreateDeps, steps: Steps, rec: ContainerRecord, image: ImageRecord) -> None:
+    parent = image.chain_ids[-1] if image.chain_ids else None
+    rootfs = Path(rec.rootfs)
+    async with steps.step("prepare the writable layer"):
+        await asyncio.to_thread(deps.snapshotter.prepare, rec.snapshot, parent)
+    steps.undo("remove the writable layer", lambda: deps.snapshotter.remove(rec.snapshot))
+    async with steps.step("mount the root filesystem"):
+        rootfs.mkdir()
+        for m in deps.snapshotter.mounts(rec.snapshot):
+            await asyncio.to_thread(mount, m, rootfs)
+    steps.undo("unmount the root filesystem", lambda: unmount(rootfs, detach=True))
+
+
+async def _delete(deps: CreateDeps, cid: str) -> None:
+    runtime = deps.conmon.runtime
+    await runtime.kill(cid, 9, all_processes=True)
+    await runtime.wait_stopped(cid, 10)
+    await runtime.delete(cid, force=True)
+    (deps.paths.exits / cid).unlink(missing_ok=True)
+
+
+def _target_pid(store: PodStore, pod: PodRecord, config: pb.ContainerConfig) -> int | None:
+    opts = config.linux.security_context.namespace_options
+    if opts.pid != TARGET:
+        return None
+    target = store.get_container(opts.target_id)
+    if target is None or target.pod_id != pod.id or not target.pid:
+        raise NotFound(
+            f"target container {opts.target_id!r} for the PID namespace is not a running "
+            f"container of pod {pod.id}"
+        )
+    return target.pid
+
+
+def spec_of(rec: ContainerRecord) -> dict[str, Any]:
+    try:
+        return dict(json.loads((Path(rec.bundle) / "config.json").read_text()))
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,101 @@
+"""The pod's infra process, only for pods whose containers share one PID namespace.
+
+It is a static init (Debian's catatonit, `-P`: pause mode) on a minimal read-only rootfs
+podling makes itself, so no pause image is pulled. It runs like any container (conmon +
+the OCI runtime), in the pod's network/IPC/UTS namespaces and a new PID namespace that
+the pod's containers then join; it reaps their zombies as PID 1.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from podling.errors import FailedPrecondition
+from podling.paths import Paths
+from podling.runtimes.conmon import Conmon
+from podling.runtimes.oci import OciRuntime
+from podling.store.pods import PodRecord
+
+
+def infra_spec(rootfs: Path, namespaces: dict[str, str], cgroup: str) -> dict[str, Any]:
+    ns: list[dict[str, str]] = [{"type": "pid"}, {"type": "mount"}]
+    ns += [{"type": kind, "path": path} for kind, path in sorted(namespaces.items())]
+    return {
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "args": ["/catatonit", "-P"],
+            "cwd": "/",
+            "env": ["PATH=/"],
+            "user": {"uid": 65535, "gid": 65535},
+            "noNewPrivileges": True,
+            "capabilities": {k: [] for k in ("bounding", "effective", "permitted")},
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {
+            "namespaces": ns,
+            "cgroupsPath": cgroup,
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
+        },
+        "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+    }
+
+
+class InfraRunner:
+    def __init__(self, paths: Paths, conmon: Conmon, runtime: OciRuntime, binary: str) -> None:
+        self._paths = paths
+        self._conmon = conmon
+        self._runtime = runtime
+        self._binary = Path(binary)
+
+    def _rootfs(self) -> Path:
+        """The shared read-only rootfs: just the init binary (made once per boot)."""
+        rootfs = self._paths.infra_rootfs
+        target = rootfs / "catatonit"
+        if not target.exists():
+            if not self._binary.is_file():
+                raise FailedPrecondition(
+                    f"infra binary {self._binary} not found: install catatonit "
+                    "(apt-get install catatonit) or set runtime.infra_binary"
+                )
+            rootfs.mkdir(parents=True, exist_ok=True)
+            for d in ("proc", "dev"):
+                (rootfs / d).mkdir(exist_ok=True)
+            tmp = rootfs / ".catatonit.tmp"
+            shutil.copy2(self._binary, tmp)
+            tmp.replace(target)
+        return rootfs
+
+    async def start(self, pod: PodRecord) -> tuple[str, int]:
+        """Create and start the infra container; returns (its id, its host pid)."""
+        infra_id = f"{pod.id[:32]}-infra"
+        bundle = self._paths.bundle(infra_id)
+        bundle.mkdir(parents=True, exist_ok=True)
+        spec = infra_spec(self._rootfs(), pod.namespaces, f"{pod.cgroup_parent}/{infra_id}")
+        (bundle / "config.json").write_text(json.dumps(spec))
+        created = await self._conmon.create(
+            cid=infra_id,
+            name=infra_id,
+            bundle=bundle,
+            log_path=bundle / "infra.log",
+            exit_dir=self._paths.exits,
+            socket_dir=self._paths.attach_sockets,
+            terminal=False,
+            stdin=False,
+            stdin_once=False,
+        )
+        await self._runtime.start(infra_id)
+        return infra_id, created.pid
+
+    async def remove(self, pod: PodRecord) -> None:
+        """Kill and delete the infra container; nothing to do if there is none."""
+        if not pod.infra_id:
+            return
+        await self._runtime.kill(pod.infra_id, 9, all_processes=True)
+        await self._runtime.wait_stopped(pod.infra_id, 10)
+        await self._runtime.delete(pod.infra_id, force=True)
+        shutil.rmtree(self._paths.bundle(pod.infra_id), ignore_errors=True)
+        (self._paths.exits / pod.infra_id).unlink(missing_ok=True)

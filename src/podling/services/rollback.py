@@ -1,0 +1,75 @@
+"""Multi-step creates that undo themselves: every step registers its undo right after it
+succeeds; a failure (or a cancelled RPC) runs the undos in reverse order.
+
+    async with Steps("RunPodSandbox") as steps:
+        async with steps.step("pin namespaces"):
+            ns = pin(...)
+        steps.undo("unpin namespaces", lambda: unpin(ns))
+        ...
+        steps.commit()          # from here on nothing is undone
+
+A failing step's error keeps its gRPC code and gains the step's name, so the operator
+reads *which* step failed ("RunPodSandbox: CNI ADD failed: ...").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+from podling.errors import Internal, PodlingError
+
+log = logging.getLogger(__name__)
+
+Undo = Callable[[], Awaitable[None] | None]
+
+
+class Steps:
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        self._undos: list[tuple[str, Undo]] = []
+        self._committed = False
+
+    def undo(self, name: str, fn: Undo) -> None:
+        self._undos.append((name, fn))
+
+    def commit(self) -> None:
+        self._committed = True
+
+    @asynccontextmanager
+    async def step(self, name: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except PodlingError as e:
+            raise type(e)(f"{self.operation}: {name} failed: {e.message}") from e
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            log.exception("%s: %s failed", self.operation, name)
+            raise Internal(f"{self.operation}: {name} failed: {type(e).__name__}: {e}") from e
+
+    async def __aenter__(self) -> Steps:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if t is None or self._committed:
+            return
+        # shielded: a cancelled RPC must still clean up everything it made
+        await asyncio.shield(self._run_undos())
+
+    async def _run_undos(self) -> None:
+        for name, fn in reversed(self._undos):
+            try:
+                result = fn()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                # keep undoing the rest: one stuck resource must not leak all the others
+                log.exception("%s: rollback step %r failed", self.operation, name)
+        self._undos.clear()

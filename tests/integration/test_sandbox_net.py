@@ -1,0 +1,411 @@
+"""Pinned namespaces and CNI networking for real: the kernel, CNI plugins 1.1.1
+(/usr/lib/cni: loopback, bridge, host-local, portmap), iptables.
+
+Resources of this module: bridges plt1..plt4, addresses in 10.91.0.0/16, dirs under
+tmp_path; iptables rules only those the plugins make for these pods. Traffic goes only to
+127.0.0.1 and to the pods' addresses inside network namespaces made here.
+
+hostPort on 127.0.0.1: the default conflist sets portmap's "snat": true. The plugin then
+sets net.ipv4.conf.<bridge>.route_localnet=1 itself (so a packet from 127.0.0.1 may be
+routed out of the bridge to the pod) and masquerades 127.0.0.1 sources (so the pod's
+answer comes back); nothing else is needed (checked by test_port_mapping_on_localhost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podling.errors import AlreadyExists, Internal, InvalidArgument, NotFound, Unavailable
+from podling.oslib import ns
+from podling.sandbox.cni import CniManager, DefaultNetwork, PortMapping
+from podling.sandbox.namespaces import (
+    PinnedNamespaces,
+    pin_namespaces,
+    run_in_namespace,
+    run_in_netns,
+    unpin,
+)
+
+pytestmark = pytest.mark.root
+
+CNI_BIN = Path("/usr/lib/cni")
+PORTMAP_CHAINS = ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK")
+
+
+def run(*cmd: str) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+
+
+def mounts_under(path: Path) -> list[str]:
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    points = [line.split()[4] for line in lines]
+    return [p for p in points if p == str(path) or p.startswith(f"{path}/")]
+
+
+def nat_rules_naming(text: str) -> list[str]:
+    return [line for line in run("iptables-save", "-t", "nat").splitlines() if text in line]
+
+
+def veths_on(bridge: str) -> str:
+    return run("ip", "-o", "link", "show", "master", bridge).strip()
+
+
+def remove_portmap_chains() -> None:
+    """portmap's shared chains outlive every pod; remove them when no pod uses them."""
+    if any(
+        r.startswith("-A")
+        for r in run("iptables", "-t", "nat", "-S", PORTMAP_CHAINS[0]).splitlines()
+    ):
+        return
+    jumps = [
+        ["PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"],
+        ["OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"],
+        [
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "CNI portfwd requiring masquerade",
+            "-j",
+            "CNI-HOSTPORT-MASQ",
+        ],
+    ]
+    for jump in jumps:
+        run("iptables", "-t", "nat", "-D", *jump)
+    for chain in PORTMAP_CHAINS:
+        run("iptables", "-t", "nat", "-F", chain)
+        run("iptables", "-t", "nat", "-X", chain)
+
+
+class Env:
+    """Per-test network resources, all released at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.bridges: list[str] = []
+        self.pinned: list[PinnedNamespaces] = []
+        self.added: list[tuple[CniManager, str, Path]] = []
+
+    def manager(self, n: int, conf_dir: Path | None = None) -> CniManager:
+        bridge = f"plt{n}"
+        self.bridges.append(bridge)
+        default = DefaultNetwork(bridge=bridge, subnet=f"10.91.{n}.0/24", name=f"plt{n}net")
+        d = self.tmp / f"cni{n}"
+        return CniManager(conf_dir or d / "conf", [CNI_BIN], d / "cache", d / "ipam", default)
+
+    def pin(self, name: str, **kw: object) -> PinnedNamespaces:
+        args: dict[str, object] = {
+            "net": True,
+            "ipc": False,
+            "uts": False,
+            "hostname": None,
+            "sysctls": {},
+        }
+        args.update(kw)
+        p = pin_namespaces(self.tmp / name, **args)  # type: ignore[arg-type]
+        self.pinned.append(p)
+        return p
+
+    async def add(
+        self, m: CniManager, sid: str, netns: Path, ports: list[PortMapping] | None = None
+    ) -> list[str]:
+        self.added.append((m, sid, netns))
+        result = await m.add(
+            sid,
+            netns,
+            pod_name=sid,
+            pod_namespace="plt",
+            pod_uid=f"u-{sid}",
+            port_mappings=ports or [],
+        )
+        return result.ips
+
+    def close(self) -> None:
+        async def delete_all() -> None:
+            for m, sid, netns in self.added:
+                await m.delete(sid, netns)  # a no-op for pods the test deleted
+
+        # a thread of its own: this may run while the test's event loop is still set
+        t = threading.Thread(target=asyncio.run, args=(delete_all(),))
+        t.start()
+        t.join()
+        for p in self.pinned:
+            unpin(p)
+        for bridge in self.bridges:
+            if run("ip", "-o", "link", "show", bridge):
+                run("ip", "link", "del", bridge)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    had_portmap = bool(run("iptables", "-t", "nat", "-S", PORTMAP_CHAINS[0]))
+    e = Env(tmp_path)
+    try:
+        yield e
+    finally:
+        e.close()
+        if not had_portmap:
+            remove_portmap_chains()
+
+
+class PodServer:
+    """A TCP listener on 0.0.0.0:<port> inside a netns; answers each connection with
+    `reply` from a thread (the socket stays in the pod's netns)."""
+
+    def __init__(self, netns: Path, port: int = 8080, reply: bytes = b"hello from the pod") -> None:
+        self.reply = reply
+        self.sock = run_in_netns(netns, lambda: socket.create_server(("0.0.0.0", port)))
+        self.sock.settimeout(0.1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def fetch(host: str, port: int) -> bytes:
+    with socket.create_connection((host, port), timeout=5) as s:
+        return s.recv(100)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --- namespaces ----------------------------------------------------------------------
+
+
+def test_pin_with_hostname_and_sysctls(env: Env) -> None:
+    sysctls = {"net.ipv4.ip_unprivileged_port_start": "123", "kernel.shmmni": "2345"}
+    p = env.pin("ns", net=True, ipc=True, uts=True, hostname="plt-pod", sysctls=sysctls)
+    assert p.paths() == {
+        k: str(env.tmp / "ns" / f) for k, f in (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))
+    }
+    for f, kind in ((p.net, "net"), (p.ipc, "ipc"), (p.uts, "uts")):
+        assert f is not None
+        assert f.stat().st_ino != Path(f"/proc/self/ns/{kind}").stat().st_ino
+    assert p.net is not None and p.ipc is not None and p.uts is not None
+    read = lambda name: Path("/proc/sys", name).read_text().strip()  # noqa: E731
+    assert run_in_netns(p.net, lambda: read("net/ipv4/ip_unprivileged_port_start")) == "123"
+    assert run_in_namespace(p.ipc, ns.CLONE_NEWIPC, lambda: read("kernel/shmmni")) == "2345"
+    assert run_in_namespace(p.uts, ns.CLONE_NEWUTS, socket.gethostname) == "plt-pod"
+    # the host is untouched
+    assert read("net/ipv4/ip_unprivileged_port_start") != "123"
+    assert socket.gethostname() != "plt-pod"
+    # and a separate process entering by path sees the same (nsenter, not our code)
+    script = "hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmni"
+    out = run("nsenter", f"--net={p.net}", f"--ipc={p.ipc}", f"--uts={p.uts}", "sh", "-c", script)
+    assert out.split() == ["plt-pod", "123", "2345"]
+
+
+def test_unpin_leaves_nothing(env: Env) -> None:
+    p = env.pin("ns", net=True, ipc=True, uts=True, hostname="x", sysctls={})
+    assert len(mounts_under(env.tmp / "ns")) == 4  # the dir's own bind + three pins
+    unpin(p)
+    assert mounts_under(env.tmp / "ns") == []
+    assert list((env.tmp / "ns").iterdir()) == []
+    unpin(p)  # idempotent
+    with pytest.raises(NotFound, match="does not exist"):
+        run_in_netns(env.tmp / "ns" / "net", lambda: None)
+
+
+def test_failed_pin_leaves_nothing(env: Env) -> None:
+    with pytest.raises(InvalidArgument, match=r"sysctl net\.ipv4\.no_such does not exist"):
+        env.pin("ns", net=True, ipc=True, uts=False, sysctls={"net.ipv4.no_such": "1"})
+    with pytest.raises(InvalidArgument, match="kernel refused"):
+        env.pin("ns", net=True, sysctls={"net.ipv4.ip_unprivileged_port_start": "notanumber"})
+    assert mounts_under(env.tmp / "ns") == []
+    assert list((env.tmp / "ns").iterdir()) == []
+
+
+def test_pinning_twice_is_refused_and_keeps_the_first(env: Env) -> None:
+    p = env.pin("ns")
+    with pytest.raises(AlreadyExists, match="unpin them first"):
+        env.pin("ns")
+    assert p.net is not None
+    assert run_in_netns(p.net, lambda: socket.if_nameindex()) == [(1, "lo")]
+
+
+def test_pins_do_not_propagate_to_peer_mounts(env: Env) -> None:
+    """The state dir might sit on a shared mount with a peer elsewhere (here: a/ shared,
+    b/ a bind of it in the same peer group). The pins must appear under a/ only."""
+    a, b = env.tmp / "a", env.tmp / "b"
+    a.mkdir()
+    b.mkdir()
+    ns.mount(str(a), str(a), None, ns.MS_BIND, None)
+    try:
+        ns.mount(None, str(a), None, ns.MS_SHARED, None)
+        ns.mount(str(a), str(b), None, ns.MS_BIND, None)
+        try:
+            p = pin_namespaces(a / "pod", net=True, ipc=True, uts=False, hostname=None, sysctls={})
+            nsfs = [m for m in mounts_under(b) if m.endswith(("/net", "/ipc"))]
+            assert nsfs == []
+            assert sorted(mounts_under(a / "pod")) == [
+                str(a / "pod"),
+                str(a / "pod/ipc"),
+                str(a / "pod/net"),
+            ]
+            unpin(p)
+            assert mounts_under(a / "pod") == [] and mounts_under(b) == [str(b)]
+        finally:
+            ns.umount2(str(b), ns.MNT_DETACH)
+    finally:
+        ns.umount2(str(a), ns.MNT_DETACH)
+
+
+# --- CNI -----------------------------------------------------------------------------
+
+
+async def test_add_reach_and_delete(env: Env) -> None:
+    m = env.manager(1)
+    p = env.pin("pod")
+    assert p.net is not None
+    ips = await env.add(m, "plt-sb-a", p.net)
+    assert len(ips) == 1 and ips[0].startswith("10.91.1.")
+    assert (env.tmp / "cni1/ipam/plt1net" / ips[0]).exists()
+    assert nat_rules_naming("plt-sb-a")  # the bridge's masquerade rules
+    assert veths_on("plt1")
+    assert "lo" in run_in_netns(p.net, lambda: dict(socket.if_nameindex()).values())
+    server = PodServer(p.net)
+    try:
+        assert await asyncio.to_thread(fetch, ips[0], 8080) == b"hello from the pod"
+    finally:
+        server.close()
+    await m.delete("plt-sb-a", p.net)
+    assert not (env.tmp / "cni1/ipam/plt1net" / ips[0]).exists()
+    assert nat_rules_naming("plt-sb-a") == []
+    assert veths_on("plt1") == ""
+    assert not (env.tmp / "cni1/cache/plt-sb-a.json").exists()
+    await m.delete("plt-sb-a", p.net)  # twice is fine
+
+
+async def test_port_mapping_on_localhost(env: Env) -> None:
+    m = env.manager(2)
+    p = env.pin("pod")
+    assert p.net is not None
+    port = free_port()
+    await env.add(m, "plt-sb-pm", p.net, [PortMapping(port, 8080, "tcp", "127.0.0.1")])
+    server = PodServer(p.net, reply=b"via hostPort")
+    try:
+        assert await asyncio.to_thread(fetch, "127.0.0.1", port) == b"via hostPort"
+        # what portmap's snat did to make 127.0.0.1 work
+        assert Path("/proc/sys/net/ipv4/conf/plt2/route_localnet").read_text().strip() == "1"
+        assert any(str(port) in r for r in nat_rules_naming("plt-sb-pm"))
+    finally:
+        server.close()
+    await m.delete("plt-sb-pm", p.net)
+    assert nat_rules_naming("plt-sb-pm") == []
+    assert not any(f"dport {port}" in r for r in run("iptables-save", "-t", "nat").splitlines())
+
+
+async def test_delete_after_unpin(env: Env) -> None:
+    m = env.manager(1)
+    p = env.pin("pod")
+    assert p.net is not None
+    port = free_port()
+    ips = await env.add(m, "plt-sb-gone", p.net, [PortMapping(port, 8080, "tcp", "127.0.0.1")])
+    unpin(p)
+    await m.delete("plt-sb-gone", p.net)
+    assert not (env.tmp / "cni1/ipam/plt1net" / ips[0]).exists()
+    assert nat_rules_naming("plt-sb-gone") == []  # masquerade rules too (scratch netns)
+    assert veths_on("plt1") == ""
+    assert mounts_under(env.tmp) == []
+    assert sorted(x.name for x in (env.tmp / "cni1/cache").iterdir()) == []
+
+
+async def test_add_with_missing_plugin_leaves_nothing(env: Env) -> None:
+    conf = env.tmp / "conf"
+    conf.mkdir()
+    (conf / "10-x.conflist").write_text(
+        '{"cniVersion": "1.0.0", "name": "plt3net", "plugins": '
+        '[{"type": "bridge", "bridge": "plt3"}, {"type": "plt-missing"}]}'
+    )
+    m = env.manager(3, conf_dir=conf)
+    p = env.pin("pod")
+    assert p.net is not None
+    with pytest.raises(Unavailable, match="plt-missing not found in /usr/lib/cni"):
+        await env.add(m, "plt-sb-miss", p.net)
+    assert run("ip", "-o", "link", "show", "plt3") == ""  # nothing ran
+    assert not (env.tmp / "cni3/cache/plt-sb-miss.json").exists()
+    assert not m.status()[0] and "plt-missing" in m.status()[1]
+
+
+@pytest.mark.parametrize(
+    ("second", "match"),
+    [
+        # the bridge and IPAM succeed, the next plugin fails: the rollback DEL undoes them
+        (
+            '{"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.no_such": "1"}}',
+            "CNI plugin tuning ADD failed",
+        ),
+        # IPAM itself fails
+        (None, "CNI plugin bridge ADD failed"),
+    ],
+)
+async def test_failed_add_leaves_nothing(env: Env, second: str | None, match: str) -> None:
+    conf = env.tmp / "conf"
+    conf.mkdir()
+    subnet = "10.91.4.0/24" if second else "10.91.4.0/33"
+    ipam = f'{{"type": "host-local", "subnet": "{subnet}", "dataDir": "{env.tmp / "ipam"}"}}'
+    bridge = (
+        f'{{"type": "bridge", "bridge": "plt4", "isGateway": true, "ipMasq": true, "ipam": {ipam}}}'
+    )
+    plugins = f"[{bridge}, {second}]" if second else f"[{bridge}]"
+    (conf / "10-x.conflist").write_text(
+        f'{{"cniVersion": "1.0.0", "name": "plt4net", "plugins": {plugins}}}'
+    )
+    m = env.manager(4, conf_dir=conf)
+    p = env.pin("pod")
+    assert p.net is not None
+    with pytest.raises(Internal, match=match):
+        await env.add(m, "plt-sb-fail", p.net)
+    assert not (env.tmp / "cni4/cache/plt-sb-fail.json").exists()
+    # host-local keeps one file per allocated address (named by the address)
+    ipam_dir = env.tmp / "ipam/plt4net"
+    allocated = [f.name for f in ipam_dir.iterdir()] if ipam_dir.exists() else []
+    assert [a for a in allocated if a.startswith("10.91.")] == []
+    if second:  # the bridge did allocate before the next plugin failed
+        assert (ipam_dir / "last_reserved_ip.0").exists()
+    assert nat_rules_naming("plt-sb-fail") == []
+    assert veths_on("plt4") == ""
+    assert run_in_netns(p.net, lambda: [n for _, n in socket.if_nameindex()]) == ["lo"]
+
+
+async def test_two_pods_reach_each_other(env: Env) -> None:
+    m = env.manager(1)
+    pa, pb = env.pin("a"), env.pin("b")
+    assert pa.net is not None and pb.net is not None
+    ip_a = (await env.add(m, "plt-sb-1", pa.net))[0]
+    ip_b = (await env.add(m, "plt-sb-2", pb.net))[0]
+    assert ip_a != ip_b and ip_b.startswith("10.91.1.")
+    server = PodServer(pa.net, port=8081, reply=b"from a")
+    try:
+        got = await asyncio.to_thread(run_in_netns, pb.net, lambda: fetch(ip_a, 8081))
+        assert got == b"from a"
+    finally:
+        server.close()
+    await m.delete("plt-sb-1", pa.net)
+    await m.delete("plt-sb-2", pb.net)
+    assert veths_on("plt1") == ""

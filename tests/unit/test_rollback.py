@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from podling.errors import Internal, NotFound
+from podling.services.rollback import Steps
+
+
+async def test_failure_undoes_in_reverse_and_names_the_step() -> None:
+    done: list[str] = []
+
+    async def async_undo() -> None:
+        done.append("b")
+
+    with pytest.raises(NotFound, match=r"^Op: third failed: gone$"):
+        async with Steps("Op") as steps:
+            async with steps.step("first"):
+                pass
+            steps.undo("undo a", lambda: done.append("a"))
+            steps.undo("undo b", async_undo)
+            async with steps.step("third"):
+                raise NotFound("gone")
+    assert done == ["b", "a"]
+
+
+async def test_unexpected_errors_become_internal_and_undo_continues_past_a_failing_undo() -> None:
+    done: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("undo broke")
+
+    with pytest.raises(Internal, match="Op: x failed: ValueError: bad"):
+        async with Steps("Op") as steps:
+            steps.undo("a", lambda: done.append("a"))
+            steps.undo("broken", broken)
+            async with steps.step("x"):
+                raise ValueError("bad")
+    assert done == ["a"]
+
+
+async def test_commit_keeps_everything() -> None:
+    done: list[str] = []
+    with pytest.raises(RuntimeError):
+        async with Steps("Op") as steps:
+            steps.undo("a", lambda: done.append("a"))
+            steps.commit()
+            raise RuntimeError("after commit")
+    assert done == []
+
+
+async def test_cancellation_still_undoes() -> None:
+    done: list[str] = []
+    started = asyncio.Event()
+
+    async def op() -> None:
+        async with Steps("Op") as steps:
+            steps.undo("a", lambda: done.append("a"))
+            started.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(op())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert done == ["a"]

@@ -71,8 +71,21 @@ def bridges() -> set[str]:
     return {line.split(":")[1].strip() for line in out.splitlines() if ":" in line}
 
 
+def ip_allocations(session_tmp: str) -> set[str]:
+    """host-local IPAM reservations (one file per IP) under this session's temp dirs."""
+    if not session_tmp:
+        return set()
+    found: set[str] = set()
+    for ipam in Path(session_tmp).glob("**/ipam"):
+        for f in ipam.glob("*/*"):
+            if f.name[:1].isdigit() or ":" in f.name:
+                found.add(str(f))
+    return found
+
+
 def snapshot(session_tmp: str = "") -> dict[str, set[str]]:
     return {
+        "IP allocations": ip_allocations(session_tmp),
         "mounts": mounts(),
         "network namespaces": netns(),
         "cgroups": cgroups(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -96,6 +97,10 @@ def test_web_server_on_pod_ip_and_host_port(clean: PodEnv) -> None:
     )
     assert _get(f"http://{ip}:8080/") == "hello-from-pod\n"
     assert _get(f"http://127.0.0.1:{host_port}/") == "hello-from-pod\n"
+    d.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    # the last host port is gone: so are portmap's shared chains
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+    assert "CNI-HOSTPORT" not in nat and str(host_port) not in nat
 
 
 def _get(url: str, tries: int = 50) -> str:

@@ -24,6 +24,7 @@ import pytest
 
 from podling.errors import AlreadyExists, Internal, InvalidArgument, NotFound, Unavailable
 from podling.oslib import ns
+from podling.sandbox import portmap
 from podling.sandbox.cni import CniManager, DefaultNetwork, PortMapping
 from podling.sandbox.namespaces import (
     PinnedNamespaces,
@@ -58,30 +59,8 @@ def veths_on(bridge: str) -> str:
 
 
 def remove_portmap_chains() -> None:
-    """portmap's shared chains outlive every pod; remove them when no pod uses them."""
-    if any(
-        r.startswith("-A")
-        for r in run("iptables", "-t", "nat", "-S", PORTMAP_CHAINS[0]).splitlines()
-    ):
-        return
-    jumps = [
-        ["PREROUTING", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"],
-        ["OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"],
-        [
-            "POSTROUTING",
-            "-m",
-            "comment",
-            "--comment",
-            "CNI portfwd requiring masquerade",
-            "-j",
-            "CNI-HOSTPORT-MASQ",
-        ],
-    ]
-    for jump in jumps:
-        run("iptables", "-t", "nat", "-D", *jump)
-    for chain in PORTMAP_CHAINS:
-        run("iptables", "-t", "nat", "-F", chain)
-        run("iptables", "-t", "nat", "-X", chain)
+    """portmap's shared chains outlive every pod; podling releases them when unused."""
+    portmap.release_unused_chains()
 
 
 class Env:

@@ -41,7 +41,7 @@ from podling.errors import (
     PodlingError,
     Unavailable,
 )
-from podling.sandbox import namespaces
+from podling.sandbox import namespaces, portmap
 from podling.sandbox.cni_config import (
     DEFAULT_CONFIG_NAME,
     LOOPBACK,
@@ -238,6 +238,8 @@ class CniManager:
             async with self._scratch_netns(record) as scratch:
                 await self._delete_record(record, scratch)
         self._cache_path(sandbox_id).unlink(missing_ok=True)
+        if record["runtime_config"].get("portMappings"):
+            await asyncio.to_thread(portmap.release_unused_chains)
 
     async def _delete_record(
         self, record: dict[str, Any], netns: str, *, forgive: str = ""

@@ -24,5 +24,23 @@ echo "== podling load (a busybox image built here from Debian's busybox-static)"
 "$PODLING" load /var/lib/podling-demo/busybox.tar
 echo "== podling images"
 "$PODLING" images
+
+echo "== podling run: a pod with one container (scripts/demo/*.yaml)"
+for old in $("$PODLING" pods -q --name '^demo$'); do   # a demo pod from an earlier run
+    "$PODLING" stopp "$old" >/dev/null && "$PODLING" rmp "$old" >/dev/null
+done
+rm -f /var/log/podling-demo/hello.log   # the kubelet, too, gives each attempt a new log
+cid=$("$PODLING" run scripts/demo/container.yaml scripts/demo/pod.yaml)
+echo "container $cid"
+"$PODLING" pods
+"$PODLING" ps
+echo "== podling logs ${cid:0:13}"
+for _ in $(seq 50); do
+    "$PODLING" logs "$cid" | grep -q hello && break
+    sleep 0.1
+done
+"$PODLING" logs "$cid"
 echo
-echo "podlingd is serving on unix:///run/podling/podling.sock; stop it with: pkill -TERM podlingd"
+echo "podlingd is serving on unix:///run/podling/podling.sock (log: $LOG)."
+echo "Remove the demo pod with: $PODLING stopp $("$PODLING" pods -q --name '^demo$') && $PODLING rmp ..."
+echo "Stop the daemon with: pkill -TERM podlingd (containers keep running; a restart finds them)"

@@ -22,6 +22,7 @@ from podling.image.content import ContentStore
 from podling.image.registry import HostConfig, RegistryClient
 from podling.paths import Paths
 from podling.runtimes.conmon import Conmon
+from podling.runtimes.host import host_info
 from podling.runtimes.oci import OciRuntime
 from podling.sandbox.cni import CniManager, DefaultNetwork
 from podling.services.container_create import CreateDeps
@@ -121,7 +122,9 @@ def _runtime(
     pod_store = PodStore(store)
     runtime = OciRuntime(cfg.runtime.default_handler, cfg.runtime.runc, paths.runc_root)
     conmon = Conmon(runtime, cfg.runtime.conmon)
-    containers = ContainerService(CreateDeps(paths, pod_store, store, snapshotter, conmon, events))
+    containers = ContainerService(
+        CreateDeps(paths, pod_store, store, snapshotter, conmon, events, host_info())
+    )
     cni = CniManager(
         Path(cfg.network.cni_conf_dir),
         [Path(d) for d in cfg.network.cni_bin_dirs],

@@ -338,3 +338,40 @@ def test_containers_survive_a_daemon_restart(clean: PodEnv) -> None:
     assert r.stdout == b"still\n"
     d.runtime.StopContainer(pb.StopContainerRequest(container_id=long, timeout=1))
     assert status(d, long).status.state == EXITED
+
+
+def _exec(d: object, cid: str, *cmd: str) -> pb.ExecSyncResponse:
+    return d.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=list(cmd), timeout=10))  # type: ignore[attr-defined,no-any-return]
+
+
+def test_security_context_mounts_and_user(clean: PodEnv, tmp_path: Path) -> None:
+    d = clean.daemon
+    pod_id, pcfg = new_pod(clean)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data").write_text("from the host\n")
+    link = tmp_path / "link-to-shared"
+    link.symlink_to(shared)  # a host path that is a symlink is resolved on the host
+    cfg = container_config("locked", "sleep", "1000")
+    sc = cfg.linux.security_context
+    sc.run_as_user.value = 1000
+    sc.readonly_rootfs = True
+    sc.no_new_privs = True
+    sc.capabilities.drop_capabilities.append("ALL")
+    sc.seccomp.profile_type = pb.SecurityProfile.ProfileType.RuntimeDefault
+    cfg.mounts.add(container_path="/data", host_path=str(link), readonly=True)
+    cid = start_container(d, pod_id, pcfg, cfg)
+    assert _exec(d, cid, "id", "-u").stdout == b"1000\n"
+    assert _exec(d, cid, "cat", "/data/data").stdout == b"from the host\n"
+    assert _exec(d, cid, "touch", "/data/new").exit_code != 0
+    assert _exec(d, cid, "touch", "/newfile").exit_code != 0  # read-only rootfs
+    caps = _exec(d, cid, "grep", "CapEff", "/proc/self/status").stdout.split()[1]
+    assert int(caps, 16) == 0
+    [m] = status(d, cid).status.mounts
+    assert (m.container_path, m.host_path, m.readonly) == ("/data", str(shared), True)
+    priv = container_config("priv", "sleep", "1000")
+    priv.linux.security_context.privileged = True
+    pid = start_container(d, pod_id, pcfg, priv)
+    priv_caps = int(_exec(d, pid, "grep", "CapEff", "/proc/self/status").stdout.split()[1], 16)
+    own = Path("/proc/self/status").read_text().split("CapEff:")[1].split()[0]
+    assert priv_caps == int(own, 16)  # everything podling itself holds

@@ -17,6 +17,7 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from podling.oslib import cgroups
+from podling.runtimes.host import own_capabilities
 from podling.runtimes.spec import HostInfo, PodContext, build_spec
 
 pytestmark = pytest.mark.root
@@ -69,19 +70,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
         shm_path=None,
         cgroup_parent=CGROUP_PARENT,
     )
-    yield Env(tmp_path, rootfs, pod, HostInfo(capabilities=_own_capabilities()))
+    yield Env(tmp_path, rootfs, pod, HostInfo(capabilities=own_capabilities()))
     # runc removes the container's cgroup; the parent is ours to remove
     cgroups.remove(CGROUP_PARENT)
-
-
-def _own_capabilities() -> frozenset[str]:
-    from podling.runtimes.spec_security import ALL_CAPABILITIES
-
-    status = Path("/proc/self/status").read_text()
-    eff = int(
-        next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff")), 16
-    )
-    return frozenset(name for i, name in enumerate(ALL_CAPABILITIES) if eff >> i & 1)
 
 
 def _config(args: list[str], **linux_sc: object) -> pb.ContainerConfig:

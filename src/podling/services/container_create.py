@@ -25,7 +25,7 @@ from podling.errors import FailedPrecondition, NotFound
 from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
 from podling.runtimes.conmon import Conmon
-from podling.runtimes.spec import PodContext, build_spec
+from podling.runtimes.spec import HostInfo, PodContext, build_spec
 from podling.services import validate
 from podling.services.events import CREATED, Event, EventBus
 from podling.services.records import find_image
@@ -45,6 +45,7 @@ class CreateDeps:
     snapshotter: Snapshotter
     conmon: Conmon
     events: EventBus
+    host: HostInfo
 
 
 def pod_context(pod: PodRecord) -> PodContext:
@@ -131,6 +132,7 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
                 image_config=json.loads(image.config),
                 rootfs=Path(rec.rootfs),
                 target_pid=_target_pid(deps.store, pod, config),
+                host=deps.host,
             )
             (bundle / "config.json").write_text(json.dumps(result.spec))
         rec.stop_signal = result.stop_signal

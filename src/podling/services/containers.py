@@ -18,6 +18,7 @@ from cri_api.v1 import api_pb2 as pb
 
 from podling.errors import FailedPrecondition, NotFound
 from podling.oslib.mount import unmount
+from podling.runtimes import spec_resources
 from podling.runtimes.conmon import Conmon, ExitInfo
 from podling.services import validate
 from podling.services.container_create import CreateDeps, create_container
@@ -51,12 +52,8 @@ class ContainerService:
 
     def get(self, cid: str) -> ContainerRecord:
         """The container by id or unique id prefix; NotFound otherwise."""
-        validate.require(cid, "container_id")
-        rec = self.store.get_container(cid)
-        if rec is None:
-            matches = self.store.ids_with_prefix("containers", cid)
-            if len(matches) == 1:
-                rec = self.store.get_container(matches[0])
+        full = self.store.resolve_id("containers", validate.require(cid, "container_id"))
+        rec = self.store.get_container(full) if full else None
         if rec is None:
             raise NotFound(f"container {cid} not found")
         return rec
@@ -160,32 +157,14 @@ class ContainerService:
         rec = self.get(cid)
         if rec.state not in (CT_CREATED, CT_RUNNING):
             raise FailedPrecondition(f"container {rec.id} is {rec.state}: nothing to update")
-        await self.runtime.update(rec.id, oci_resources(resources))
+        warnings: list[str] = []
+        update = spec_resources.resources(resources, self.deps.host, warnings)
+        for w in warnings:
+            log.warning("UpdateContainerResources %s: %s", rec.id, w)
+        await self.runtime.update(rec.id, update)
 
     def reopen_log(self, cid: str) -> None:
         rec = self.get(cid)
         if rec.state != CT_RUNNING:
             raise FailedPrecondition(f"container {rec.id} is not running: its log is closed")
         self.conmon.reopen_log(Path(rec.bundle))
-
-
-def oci_resources(r: pb.LinuxContainerResources) -> dict[str, object]:
-    """CRI LinuxContainerResources → OCI linux.resources (only the fields that are set)."""
-    cpu: dict[str, object] = {}
-    if r.cpu_shares:
-        cpu["shares"] = r.cpu_shares
-    if r.cpu_quota:
-        cpu["quota"] = r.cpu_quota
-    if r.cpu_period:
-        cpu["period"] = r.cpu_period
-    if r.cpuset_cpus:
-        cpu["cpus"] = r.cpuset_cpus
-    if r.cpuset_mems:
-        cpu["mems"] = r.cpuset_mems
-    out: dict[str, object] = {}
-    if cpu:
-        out["cpu"] = cpu
-    if r.memory_limit_in_bytes:
-        swap = r.memory_swap_limit_in_bytes or r.memory_limit_in_bytes
-        out["memory"] = {"limit": r.memory_limit_in_bytes, "swap": swap}
-    return out

@@ -34,12 +34,8 @@ class PodService:
 
     def get(self, pod_id: str) -> PodRecord:
         """The pod by id or unique id prefix; NotFound otherwise."""
-        validate.require(pod_id, "pod_sandbox_id")
-        rec = self.store.get_pod(pod_id)
-        if rec is None:
-            matches = self.store.ids_with_prefix("pods", pod_id)
-            if len(matches) == 1:
-                rec = self.store.get_pod(matches[0])
+        full = self.store.resolve_id("pods", validate.require(pod_id, "pod_sandbox_id"))
+        rec = self.store.get_pod(full) if full else None
         if rec is None:
             raise NotFound(f"pod sandbox {pod_id} not found")
         return rec

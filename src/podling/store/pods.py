@@ -173,6 +173,14 @@ class PodStore:
         with self._meta.tx() as c:
             c.execute("DELETE FROM containers WHERE id = ?", (cid,))
 
+    def resolve_id(self, table: str, ref: str) -> str | None:
+        """The full id `ref` names in `table`: itself, or the one id it is a prefix of."""
+        rows = self._meta.query(f"SELECT id FROM {table} WHERE id = ?", (ref,))
+        if rows:
+            return str(rows[0][0])
+        matches = self.ids_with_prefix(table, ref)
+        return matches[0] if len(matches) == 1 else None
+
     def ids_with_prefix(self, table: str, prefix: str) -> list[str]:
         assert table in ("pods", "containers")
         rows = self._meta.query(

@@ -132,6 +132,22 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class StreamingConfig:
+    address: str = field(
+        default="127.0.0.1", metadata=_doc("address the exec/attach/port-forward server binds")
+    )
+    port: int = field(
+        default=0, metadata=_doc("its port; 0 picks a free one", ("range", (0, 65535)))
+    )
+    tls_cert: str = field(default="", metadata=_doc("PEM certificate: serve https (with tls_key)"))
+    tls_key: str = field(default="", metadata=_doc("PEM private key of tls_cert"))
+    idle_timeout: float = field(
+        default=14400.0,
+        metadata=_doc("seconds a stream may stay idle before it is closed", ("range", (1, 86400))),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     root: str = field(
         default="/var/lib/podling", metadata=_doc("persistent state: images, metadata")
@@ -144,6 +160,7 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
 
 def load(path: Path | None = None, explicit: bool = False) -> Config:

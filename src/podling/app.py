@@ -21,9 +21,8 @@ from podling.errors import PodlingError
 from podling.image.content import ContentStore
 from podling.image.registry import HostConfig, RegistryClient
 from podling.paths import Paths
-from podling.runtimes.conmon import Conmon
+from podling.runtimes.handlers import HandlerRegistry
 from podling.runtimes.host import host_info
-from podling.runtimes.oci import OciRuntime
 from podling.sandbox.cni import CniManager, DefaultNetwork
 from podling.services.container_create import CreateDeps
 from podling.services.containers import ContainerService
@@ -43,6 +42,8 @@ from podling.snapshots import create_snapshotter
 from podling.snapshots.base import Snapshotter
 from podling.store.metadata import MetadataStore, open_store
 from podling.store.pods import PodStore
+from podling.streaming.runtime_backend import RuntimeBackend
+from podling.streaming.server import StreamingServer
 
 log = logging.getLogger("podling")
 
@@ -62,6 +63,7 @@ class App:
     pods: PodService
     containers: ContainerService
     server: grpc.aio.Server
+    streaming: StreamingServer
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -71,12 +73,14 @@ class App:
             log.error("no usable CNI network: %s", e.message)  # Status says NetworkReady false
         await recover(self.pods, self.containers)
         self._tasks.append(asyncio.create_task(watch_exits(self.containers), name="exits"))
+        await self.streaming.start()  # before gRPC: Exec answers URLs with its real port
         await self.server.start()
         log.info("serving CRI v1", extra={"socket": str(self.paths.socket)})
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop serving; containers keep running (conmon holds them)."""
         await self.server.stop(grace)
+        await self.streaming.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -120,10 +124,10 @@ def _runtime(
 ) -> tuple[PodService, ContainerService, EventBus]:
     events = EventBus()
     pod_store = PodStore(store)
-    runtime = OciRuntime(cfg.runtime.default_handler, cfg.runtime.runc, paths.runc_root)
-    conmon = Conmon(runtime, cfg.runtime.conmon)
+    handlers = HandlerRegistry(cfg, paths)
+    conmon = handlers.lookup("").conmon  # the default handler's: exit files are conmon's
     containers = ContainerService(
-        CreateDeps(paths, pod_store, store, snapshotter, conmon, events, host_info())
+        CreateDeps(paths, pod_store, store, snapshotter, conmon, events, host_info(), handlers)
     )
     cni = CniManager(
         Path(cfg.network.cni_conf_dir),
@@ -132,8 +136,8 @@ def _runtime(
         paths.ipam,
         DefaultNetwork(bridge=cfg.network.default_bridge, subnet=cfg.network.default_subnet),
     )
-    infra = InfraRunner(paths, conmon, runtime, cfg.runtime.infra_binary)
-    pods = PodService(PodRunDeps(cfg, paths, pod_store, cni, infra, events), containers)
+    infra = InfraRunner(paths, handlers, cfg.runtime.infra_binary)
+    pods = PodService(PodRunDeps(cfg, paths, pod_store, cni, infra, events, handlers), containers)
     return pods, containers, events
 
 
@@ -145,7 +149,15 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
     pods, containers, events = _runtime(cfg, store, snapshotter, paths)
     stats = StatsCollector(snapshotter, str(paths.snapshots))
     server = grpc.aio.server(interceptors=[LoggingErrorInterceptor()])
-    runtime_api = RuntimeServicer(cfg, pods, containers, events, stats)
+    streaming = StreamingServer(
+        RuntimeBackend(containers, pods),
+        address=cfg.streaming.address,
+        port=cfg.streaming.port,
+        tls_cert=cfg.streaming.tls_cert,
+        tls_key=cfg.streaming.tls_key,
+        idle_timeout=cfg.streaming.idle_timeout,
+    )
+    runtime_api = RuntimeServicer(cfg, pods, containers, events, stats, streaming)
     pb_grpc.add_RuntimeServiceServicer_to_server(runtime_api, server)
     pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(images, paths.snapshots), server)
     server.add_generic_rpc_handlers([AdminServicer(images).handler()])
@@ -155,4 +167,4 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
         server.add_insecure_port(f"unix://{paths.socket}")
     finally:
         os.umask(old)
-    return App(cfg, paths, lock, store, registry, images, pods, containers, server)
+    return App(cfg, paths, lock, store, registry, images, pods, containers, server, streaming)

@@ -87,11 +87,22 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
-class RuntimeConfig:
-    default_handler: str = field(
-        default="runc", metadata=_doc("the OCI runtime used when a pod names no RuntimeClass")
+class HandlerConfig:
+    binary: str = field(default="", metadata=_doc("the OCI runtime binary (name on PATH or path)"))
+    type: str = field(
+        default="oci",
+        metadata=_doc("oci: an OCI CLI runtime run under conmon", ("one_of", ("oci",))),
     )
-    runc: str = field(default="runc", metadata=_doc("the runc binary (a name on PATH or a path)"))
+    root: str = field(
+        default="", metadata=_doc("its state dir (--root); default <state>/runtimes/NAME")
+    )
+    args: list[str] = field(
+        default_factory=list, metadata=_doc("extra global arguments, e.g. --platform=ptrace")
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
     conmon: str = field(default="conmon", metadata=_doc("the conmon binary"))
     cgroup_driver: str = field(
         default="cgroupfs",
@@ -149,6 +160,18 @@ class StreamingConfig:
 
 @dataclass(frozen=True)
 class Config:
+    default_runtime: str = field(
+        default="runc",
+        metadata=_doc("the runtime handler of pods that name none (RuntimeClass handler)"),
+    )
+    runtimes: dict[str, HandlerConfig] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "runtime handlers besides the built-in runc, crun and runsc (each offered when "
+            'its binary is installed); e.g. [runtimes."kata"]',
+            None,
+        ),
+    )
     root: str = field(
         default="/var/lib/podling", metadata=_doc("persistent state: images, metadata")
     )
@@ -309,15 +332,28 @@ def _render(obj: Any, table: str, lines: list[str]) -> None:
             continue
         lines.append(f"# {doc}")
         if isinstance(v, dict):
-            lines.append(f"# {f.name}: (none by default)")
-            lines.append('# [images.registries."docker.io"]')
-            lines.append('# mirrors = ["http://127.0.0.1:5000"]')
+            lines.extend(_DICT_EXAMPLES[f.name])
         else:
             lines.append(f"{f.name} = {_toml(v)}")
         lines.append("")
     for name, v, _doc_text in subtables:
         lines.append(f"[{table}{name}]")
         _render(v, f"{table}{name}.", lines)
+
+
+_DICT_EXAMPLES = {
+    "registries": [
+        "# registries: none by default",
+        '# [images.registries."docker.io"]',
+        '# mirrors = ["http://127.0.0.1:5000"]',
+    ],
+    "runtimes": [
+        "# runtimes: runc, crun and runsc are built in; to add or change one:",
+        "# [runtimes.runsc]",
+        '# binary = "/usr/bin/runsc"',
+        '# args = ["--platform=ptrace", "--network=host"]',
+    ],
+}
 
 
 def _toml(v: Any) -> str:

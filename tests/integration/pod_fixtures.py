@@ -41,9 +41,13 @@ class PodEnv:
 
     def __enter__(self) -> PodEnv:
         subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
-        make_cgroup_parent()
-        self.daemon.start()
-        load_busybox(self.daemon, self.base)
+        try:
+            make_cgroup_parent()
+            self.daemon.start()
+            load_busybox(self.daemon, self.base)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

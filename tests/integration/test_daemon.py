@@ -61,8 +61,9 @@ def test_unbuilt_rpcs_answer_unimplemented_by_name(tmp_path: Path) -> None:
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "ListMetricDescriptors" in (e.value.details() or "")
         with pytest.raises(grpc.RpcError) as e2:
-            d.runtime.Exec(pb.ExecRequest(container_id="x", cmd=["sh"], stdout=True))
+            d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id="x"))
         assert e2.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "CheckpointContainer" in (e2.value.details() or "")
 
 
 def test_one_line_log_per_rpc(tmp_path: Path) -> None:

@@ -13,19 +13,20 @@ from cri_api.v1 import api_pb2_grpc as pb_grpc
 import podling
 from podling.api.containers import ContainersApi
 from podling.api.pods import PodsApi
+from podling.api.streams import StreamsApi, StreamUrls
 from podling.api.unimplemented import fill_unimplemented
 from podling.config import Config
 from podling.services.containers import ContainerService
 from podling.services.events import EventBus
 from podling.services.pods import PodService
 from podling.services.stats import StatsCollector
-from podling.services.status import network_condition, runtime_condition
+from podling.services.status import network_condition, runtime_conditions
 
 RUNTIME_NAME = "podling"
 RUNTIME_API_VERSION = "v1"
 
 
-class RuntimeServicer(PodsApi, ContainersApi, pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
+class RuntimeServicer(PodsApi, ContainersApi, StreamsApi, pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     def __init__(
         self,
         cfg: Config,
@@ -33,12 +34,14 @@ class RuntimeServicer(PodsApi, ContainersApi, pb_grpc.RuntimeServiceServicer):  
         containers: ContainerService,
         events: EventBus,
         stats: StatsCollector,
+        streaming: StreamUrls,
     ) -> None:
         self._cfg = cfg
         self._pods = pods
         self._containers = containers
         self._events = events
         self._stats = stats
+        self._streaming = streaming
 
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -49,7 +52,8 @@ class RuntimeServicer(PodsApi, ContainersApi, pb_grpc.RuntimeServiceServicer):  
         )
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
-        conds = [runtime_condition(self._cfg), network_condition(self._pods.deps.cni)]
+        handlers = self._pods.deps.handlers
+        conds = [*runtime_conditions(handlers), network_condition(self._pods.deps.cni)]
         status = pb.RuntimeStatus(
             conditions=[
                 pb.RuntimeCondition(
@@ -62,7 +66,16 @@ class RuntimeServicer(PodsApi, ContainersApi, pb_grpc.RuntimeServiceServicer):  
         return pb.StatusResponse(
             status=status,
             info=info,
-            runtime_handlers=[pb.RuntimeHandler(name=self._cfg.runtime.default_handler)],
+            runtime_handlers=[
+                pb.RuntimeHandler(
+                    name=h.name,
+                    features=pb.RuntimeHandlerFeatures(
+                        recursive_read_only_mounts=h.recursive_read_only_mounts,
+                        user_namespaces=h.user_namespaces,
+                    ),
+                )
+                for h in handlers.all()
+            ],
         )
 
     async def RuntimeConfig(

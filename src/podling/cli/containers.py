@@ -11,6 +11,7 @@ from cri_api.v1 import api_pb2 as pb
 from podling.cli.connect import Client, describe, fail
 from podling.cli.lookup import client_of, ensure_image, load_config, resolve_container, resolve_pod
 from podling.cli.pods import run_pod
+from podling.cli.streams import exec_stream, transport_option
 
 # ExecSync with no --timeout may run as long as the command does
 EXEC_GRACE = 30.0
@@ -199,18 +200,33 @@ def update(
 @click.command("exec", context_settings={"allow_interspersed_args": False})
 @click.argument("container")
 @click.argument("cmd", nargs=-1, required=True)
-@click.option("-s", "--sync", is_flag=True, help="run synchronously (the only mode here)")
+@click.option("-s", "--sync", is_flag=True, help="run synchronously (ExecSync; the default)")
 @click.option("--timeout", "limit", default=0, help="kill the command after S seconds (0: none)")
+@click.option("-i", "--interactive", is_flag=True, help="stream: send our stdin to the command")
+@click.option("-t", "--tty", is_flag=True, help="stream: run the command on a terminal")
+@transport_option
 @click.pass_obj
 def exec_(
-    obj: dict[str, object], container: str, cmd: tuple[str, ...], sync: bool, limit: int
+    obj: dict[str, object],
+    container: str,
+    cmd: tuple[str, ...],
+    sync: bool,
+    limit: int,
+    interactive: bool,
+    tty: bool,
+    transport: str,
 ) -> None:
     """Run CMD in a running container; its stdout and stderr go to ours, and its exit code
-    becomes ours."""
+    becomes ours. With -i or -t the command streams (Exec RPC) instead of running to the
+    end first (ExecSync)."""
+    if (interactive or tty) and (sync or limit):
+        fail("-s/--timeout run the command with ExecSync, which cannot stream: drop -i/-t")
     with client_of(obj) as c:
-        req = pb.ExecSyncRequest(
-            container_id=resolve_container(c, container), cmd=list(cmd), timeout=limit
-        )
+        cid = resolve_container(c, container)
+        if interactive or tty:
+            code = exec_stream(c, cid, list(cmd), stdin=interactive, tty=tty, transport=transport)
+            sys.exit(code)
+        req = pb.ExecSyncRequest(container_id=cid, cmd=list(cmd), timeout=limit)
         resp = c.runtime.ExecSync(req, timeout=limit + EXEC_GRACE if limit else None)
     for stream, data in ((sys.stdout, resp.stdout), (sys.stderr, resp.stderr)):
         stream.flush()  # anything printed as text comes first

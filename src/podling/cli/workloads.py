@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from podling.cli import containers, logs, pods, ps, stats
+from podling.cli import containers, logs, pods, portforward, ps, stats, streams
 
 
 def register(group: click.Group) -> None:
-    for module in (pods, containers, ps, logs, stats):
+    for module in (pods, containers, ps, logs, stats, streams, portforward):
         module.register(group)

@@ -25,6 +25,8 @@ from podling.errors import FailedPrecondition, NotFound
 from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
 from podling.runtimes.conmon import Conmon
+from podling.runtimes.handlers import HandlerRegistry
+from podling.runtimes.oci import OciRuntime
 from podling.runtimes.spec import HostInfo, PodContext, build_spec
 from podling.services import validate
 from podling.services.events import CREATED, Event, EventBus
@@ -46,6 +48,7 @@ class CreateDeps:
     conmon: Conmon
     events: EventBus
     host: HostInfo
+    handlers: HandlerRegistry
 
 
 def pod_context(pod: PodRecord) -> PodContext:
@@ -124,6 +127,7 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
         bundle.mkdir(parents=True)
         steps.undo("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
         await _rootfs(deps, steps, rec, image)
+        handler = deps.handlers.get(pod.runtime_handler)
         async with steps.step("build the OCI spec"):
             result = build_spec(
                 container_id=cid,
@@ -134,12 +138,14 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
                 target_pid=_target_pid(deps.store, pod, config),
                 host=deps.host,
             )
+            if handler.per_container_sandbox:
+                standalone_sandbox(result.spec, pod_context(pod).config)
             (bundle / "config.json").write_text(json.dumps(result.spec))
         rec.stop_signal = result.stop_signal
         rec.mounts = [MessageToDict(m, preserving_proto_field_name=True) for m in result.mounts]
         Path(rec.log_path).parent.mkdir(parents=True, exist_ok=True)
-        async with steps.step("create the container (conmon)"):
-            created = await deps.conmon.create(
+        async with steps.step(f"create the container ({handler.name} under conmon)"):
+            created = await handler.conmon.create(
                 cid=cid,
                 name=config.metadata.name,
                 bundle=bundle,
@@ -150,7 +156,7 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
                 stdin=config.stdin,
                 stdin_once=config.stdin_once,
             )
-        steps.undo("delete the container", lambda: _delete(deps, cid))
+        steps.undo("delete the container", lambda: _delete(deps, handler.runtime, cid))
         rec.pid, rec.state = created.pid, CT_CREATED
         async with steps.step("record the container"):
             deps.store.update_container(rec)
@@ -172,8 +178,7 @@ async def _rootfs(deps: CreateDeps, steps: Steps, rec: ContainerRecord, image: I
     steps.undo("unmount the root filesystem", lambda: unmount(rootfs, detach=True))
 
 
-async def _delete(deps: CreateDeps, cid: str) -> None:
-    runtime = deps.conmon.runtime
+async def _delete(deps: CreateDeps, runtime: OciRuntime, cid: str) -> None:
     await runtime.kill(cid, 9, all_processes=True)
     await runtime.wait_stopped(cid, 10)
     await runtime.delete(cid, force=True)
@@ -191,6 +196,16 @@ def _target_pid(store: PodStore, pod: PodRecord, config: pb.ContainerConfig) -> 
             f"container of pod {pod.id}"
         )
     return target.pid
+
+
+def standalone_sandbox(spec: dict[str, Any], pod: pb.PodSandboxConfig) -> None:
+    """Drop the annotations with which gVisor would join the container to a pod sandbox,
+    and give it the pod's hostname (its kernel does not join the pod's UTS namespace)."""
+    annotations = spec.get("annotations", {})
+    for key in ("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id"):
+        annotations.pop(key, None)
+    if pod.linux.security_context.namespace_options.network != pb.NamespaceMode.NODE:
+        spec["hostname"] = pod.hostname or pod.metadata.name
 
 
 def spec_of(rec: ContainerRecord) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from podling.errors import FailedPrecondition, NotFound
 from podling.oslib.mount import unmount
 from podling.runtimes import spec_resources
 from podling.runtimes.conmon import Conmon, ExitInfo
+from podling.runtimes.handlers import Handler
 from podling.services import validate
 from podling.services.container_create import CreateDeps, create_container
 from podling.services.events import DELETED, STARTED, STOPPED, Event
@@ -43,12 +44,17 @@ class ContainerService:
     def __init__(self, deps: CreateDeps) -> None:
         self.deps = deps
         self.store = deps.store
+        # exit files, log reopening and resizing are conmon's, whatever the runtime
         self.conmon: Conmon = deps.conmon
-        self.runtime = deps.conmon.runtime
+        self.runtime = deps.conmon.runtime  # the default handler's
         self._exited: dict[str, asyncio.Event] = {}
 
     async def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
         return await create_container(self.deps, pod_id, config)
+
+    def handler(self, rec: ContainerRecord) -> Handler:
+        """The runtime handler the container's pod runs with."""
+        return self.deps.handlers.lookup(rec.runtime_handler)
 
     def get(self, cid: str) -> ContainerRecord:
         """The container by id or unique id prefix; NotFound otherwise."""
@@ -71,7 +77,7 @@ class ContainerService:
                 f"container {rec.id} is {rec.state}, not created: only a created container "
                 "can be started"
             )
-        await self.runtime.start(rec.id)
+        await self.handler(rec).runtime.start(rec.id)
         rec.state, rec.started_ns = CT_RUNNING, time.time_ns()
         self.store.update_container(rec)
         self.deps.events.publish(Event(STARTED, rec.id, rec.pod_id, rec.started_ns))
@@ -107,13 +113,13 @@ class ContainerService:
             return
         if rec.state == CT_CREATED:
             # never started: kill what `runtime create` left waiting, and mark it exited
-            await self.runtime.kill(rec.id, signal.SIGKILL, all_processes=True)
+            await self.handler(rec).runtime.kill(rec.id, signal.SIGKILL, all_processes=True)
             await self._wait_exit(rec, 10)
             return
-        await self.runtime.kill(rec.id, signal_number(rec.stop_signal))
+        await self.handler(rec).runtime.kill(rec.id, signal_number(rec.stop_signal))
         if await self._wait_exit(rec, max(0, timeout)):
             return
-        await self.runtime.kill(rec.id, signal.SIGKILL, all_processes=True)
+        await self.handler(rec).runtime.kill(rec.id, signal.SIGKILL, all_processes=True)
         if not await self._wait_exit(rec, 30):
             raise FailedPrecondition(f"container {rec.id} did not exit after SIGKILL")
 
@@ -140,7 +146,7 @@ class ContainerService:
             return
         if rec.state in (CT_RUNNING, CT_CREATED):
             await self.stop(rec.id, 0)
-        await self.runtime.delete(rec.id, force=True)
+        await self.handler(rec).runtime.delete(rec.id, force=True)
         await asyncio.to_thread(self._remove_files, rec)
         self.store.delete_container(rec.id)
         self._exited.pop(rec.id, None)
@@ -161,7 +167,7 @@ class ContainerService:
         update = spec_resources.resources(resources, self.deps.host, warnings)
         for w in warnings:
             log.warning("UpdateContainerResources %s: %s", rec.id, w)
-        await self.runtime.update(rec.id, update)
+        await self.handler(rec).runtime.update(rec.id, update)
 
     def reopen_log(self, cid: str) -> None:
         rec = self.get(cid)

@@ -30,7 +30,7 @@ async def exec_sync(
     process = dict(spec_of(rec).get("process") or {})
     process["args"] = list(cmd)
     process["terminal"] = False
-    result = await svc.conmon.exec_sync(
+    result = await svc.handler(rec).conmon.exec_sync(
         cid=rec.id,
         bundle=Path(rec.bundle),
         process=process,

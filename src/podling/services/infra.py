@@ -15,12 +15,13 @@ from typing import Any
 
 from podling.errors import FailedPrecondition
 from podling.paths import Paths
-from podling.runtimes.conmon import Conmon
-from podling.runtimes.oci import OciRuntime
+from podling.runtimes.handlers import HandlerRegistry
 from podling.store.pods import PodRecord
 
 
-def infra_spec(rootfs: Path, namespaces: dict[str, str], cgroup: str) -> dict[str, Any]:
+def infra_spec(
+    rootfs: Path, namespaces: dict[str, str], cgroup: str, sandbox_id: str
+) -> dict[str, Any]:
     ns: list[dict[str, str]] = [{"type": "pid"}, {"type": "mount"}]
     ns += [{"type": kind, "path": path} for kind, path in sorted(namespaces.items())]
     return {
@@ -40,15 +41,17 @@ def infra_spec(rootfs: Path, namespaces: dict[str, str], cgroup: str) -> dict[st
             "cgroupsPath": cgroup,
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
         },
-        "annotations": {"io.kubernetes.cri.container-type": "sandbox"},
+        "annotations": {
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-id": sandbox_id,
+        },
     }
 
 
 class InfraRunner:
-    def __init__(self, paths: Paths, conmon: Conmon, runtime: OciRuntime, binary: str) -> None:
+    def __init__(self, paths: Paths, handlers: HandlerRegistry, binary: str) -> None:
         self._paths = paths
-        self._conmon = conmon
-        self._runtime = runtime
+        self._handlers = handlers
         self._binary = Path(binary)
 
     def _rootfs(self) -> Path:
@@ -71,12 +74,14 @@ class InfraRunner:
 
     async def start(self, pod: PodRecord) -> tuple[str, int]:
         """Create and start the infra container; returns (its id, its host pid)."""
-        infra_id = f"{pod.id[:32]}-infra"
+        infra_id = pod.id  # like the pause container: the sandbox's id (gVisor needs it)
         bundle = self._paths.bundle(infra_id)
         bundle.mkdir(parents=True, exist_ok=True)
-        spec = infra_spec(self._rootfs(), pod.namespaces, f"{pod.cgroup_parent}/{infra_id}")
+        cgroup = f"{pod.cgroup_parent}/{infra_id}"
+        spec = infra_spec(self._rootfs(), pod.namespaces, cgroup, pod.id)
         (bundle / "config.json").write_text(json.dumps(spec))
-        created = await self._conmon.create(
+        handler = self._handlers.get(pod.runtime_handler)
+        created = await handler.conmon.create(
             cid=infra_id,
             name=infra_id,
             bundle=bundle,
@@ -87,15 +92,16 @@ class InfraRunner:
             stdin=False,
             stdin_once=False,
         )
-        await self._runtime.start(infra_id)
+        await handler.runtime.start(infra_id)
         return infra_id, created.pid
 
     async def remove(self, pod: PodRecord) -> None:
         """Kill and delete the infra container; nothing to do if there is none."""
         if not pod.infra_id:
             return
-        await self._runtime.kill(pod.infra_id, 9, all_processes=True)
-        await self._runtime.wait_stopped(pod.infra_id, 10)
-        await self._runtime.delete(pod.infra_id, force=True)
+        runtime = self._handlers.lookup(pod.runtime_handler).runtime
+        await runtime.kill(pod.infra_id, 9, all_processes=True)
+        await runtime.wait_stopped(pod.infra_id, 10)
+        await runtime.delete(pod.infra_id, force=True)
         shutil.rmtree(self._paths.bundle(pod.infra_id), ignore_errors=True)
         (self._paths.exits / pod.infra_id).unlink(missing_ok=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 from cri_api.v1 import api_pb2 as pb
 
 from podling.config import Config
-from podling.errors import NotFound
 from podling.oslib import cgroups
 from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
+from podling.runtimes.handlers import HandlerRegistry
 from podling.sandbox.cni import CniManager
 from podling.sandbox.files import DnsSpec, write_pod_files
 from podling.sandbox.namespaces import PinnedNamespaces, check_sysctls, pin_namespaces, unpin
@@ -49,6 +49,7 @@ class PodRunDeps:
     cni: CniManager
     infra: InfraRunner
     events: EventBus
+    handlers: HandlerRegistry
 
 
 def reservation(md: pb.PodSandboxMetadata) -> str:
@@ -67,12 +68,7 @@ def pod_cgroup(cfg: Config, config: pb.PodSandboxConfig, pod_id: str) -> str:
 
 async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -> str:
     validate.pod_config(config)
-    handler = handler or deps.cfg.runtime.default_handler
-    if handler != deps.cfg.runtime.default_handler:
-        raise NotFound(
-            f"runtime handler {handler!r} is not configured; configured handlers: "
-            f"{deps.cfg.runtime.default_handler}"
-        )
+    handler = deps.handlers.get(handler).name  # NotFound / FailedPrecondition, before any step
     opts = ns_options(config)
     host_net, host_ipc = opts.network == NODE, opts.ipc == NODE
     check_sysctls(dict(config.linux.sysctls), net=not host_net, ipc=not host_ipc)
@@ -110,7 +106,7 @@ async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -
             steps.undo("CNI DEL", lambda: deps.cni.delete(pod_id, Path(rec.namespaces["network"])))
             rec.ips, rec.cni_result = list(result.ips), dict(result.raw)
         await _files(steps, rec, config, host_net, host_ipc)
-        if opts.pid == POD:
+        if opts.pid == POD and _shares_pid(deps, handler, pod_id):
             async with steps.step("start the infra process"):
                 rec.infra_id, rec.infra_pid = await deps.infra.start(rec)
             steps.undo("stop the infra process", lambda: deps.infra.remove(rec))
@@ -186,6 +182,18 @@ async def _files(
 
 def _mount_shm(target: Path) -> None:
     mount(Mount("tmpfs", "shm", ("nosuid", "nodev", "noexec", "mode=1777", "size=65536k")), target)
+
+
+def _shares_pid(deps: PodRunDeps, handler: str, pod_id: str) -> bool:
+    if deps.handlers.get(handler).per_container_sandbox:
+        log.warning(
+            "handler %s runs each container in its own sandbox: pod %s's containers get "
+            "PID namespaces of their own, not a shared one",
+            handler,
+            pod_id,
+        )
+        return False
+    return True
 
 
 def pinned_of(rec: PodRecord) -> PinnedNamespaces:

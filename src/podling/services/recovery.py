@@ -77,7 +77,8 @@ async def _orphans(pods: PodService, containers: ContainerService) -> None:
         if bundle.name in known_cts or bundle.name in known_infra:
             continue
         log.warning("removing orphaned bundle", extra={"bundle": str(bundle)})
-        await _quietly(containers.runtime.delete(bundle.name, force=True))
+        for handler in containers.deps.handlers.all():
+            await _quietly(handler.runtime.delete(bundle.name, force=True))
         await asyncio.to_thread(unmount, bundle / "rootfs", detach=True)
         shutil.rmtree(bundle, ignore_errors=True)
     known_pods = {p.id for p in pods.store.pods()}

@@ -7,10 +7,9 @@ daemon writes its default network at start when the conf dir holds none).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 
-from podling.config import Config
+from podling.runtimes.handlers import HandlerRegistry
 from podling.sandbox.cni import CniManager
 
 
@@ -22,17 +21,32 @@ class Condition:
     message: str = ""
 
 
-def runtime_condition(cfg: Config) -> Condition:
-    missing = [b for b in (cfg.runtime.runc, cfg.runtime.conmon) if shutil.which(b) is None]
-    if missing:
-        return Condition(
-            "RuntimeReady",
-            False,
-            "RuntimeBinaryMissing",
-            f"not found on PATH: {', '.join(missing)}; install them (apt-get install "
-            f"{' '.join(missing)})",
+def runtime_conditions(handlers: HandlerRegistry) -> list[Condition]:
+    """RuntimeReady follows the default handler; every other handler that cannot run gets
+    a condition of its own naming the cause (informational: the kubelet reads only the
+    two required ones)."""
+    out: list[Condition] = []
+    for h in handlers.all():
+        if h.name == handlers.default:
+            out.insert(
+                0,
+                Condition("RuntimeReady", h.ready, "" if h.ready else "RuntimeNotReady", h.reason),
+            )
+        elif not h.ready:
+            out.append(
+                Condition(f"RuntimeHandler_{h.name}_Ready", False, "RuntimeNotReady", h.reason)
+            )
+    if not out or out[0].type != "RuntimeReady":
+        out.insert(
+            0,
+            Condition(
+                "RuntimeReady",
+                False,
+                "RuntimeNotReady",
+                f"default runtime handler {handlers.default!r} is not configured",
+            ),
         )
-    return Condition("RuntimeReady", True)
+    return out
 
 
 def network_condition(cni: CniManager) -> Condition:

@@ -1,0 +1,134 @@
+"""Runtime handlers: the OCI runtimes a pod can pick with a RuntimeClass.
+
+Built in (each offered when its binary is installed): `runc`; `crun`, run through a
+small wrapper on hybrid cgroup hosts (crun 1.8 refuses a unified hierarchy that lists
+controllers beside v1: the wrapper runs it in a private mount namespace with the unified
+tree unmounted); `runsc` (gVisor) with the ptrace platform and the pod's network
+namespace used as its host network (its own netstack does not start on our nodes).
+`[runtimes.NAME]` in the config adds handlers or overrides these.
+
+Vocabulary: a handler is *configured* when it is in this registry, and *ready* when its
+binary (and conmon) can be run. RunPodSandbox with an unknown handler is NOT_FOUND; with
+a configured handler that is not ready, FAILED_PRECONDITION naming the cause.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from podling.config import Config, HandlerConfig
+from podling.errors import FailedPrecondition, NotFound
+from podling.oslib import cgroups
+from podling.paths import Paths
+from podling.runtimes.conmon import Conmon
+from podling.runtimes.oci import OciRuntime
+
+BUILTIN: dict[str, HandlerConfig] = {
+    "runc": HandlerConfig(binary="runc"),
+    "crun": HandlerConfig(binary="crun"),
+    "runsc": HandlerConfig(binary="runsc", args=["--platform=ptrace", "--network=host"]),
+}
+
+_CRUN_WRAPPER = """#!/bin/sh
+# Written by podlingd: crun refuses a hybrid cgroup layout whose unified hierarchy lists
+# controllers; run it in a private mount namespace without that hierarchy.
+exec unshare -m --propagation private \
+  sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec "$0" "$@"' {crun} "$@"
+"""
+
+
+@dataclass(frozen=True)
+class Handler:
+    name: str
+    runtime: OciRuntime
+    conmon: Conmon
+    ready: bool
+    reason: str  # why not ready ("" when ready)
+    recursive_read_only_mounts: bool = False
+    user_namespaces: bool = False
+    # gVisor: each container runs in a gVisor sandbox of its own (its own guest kernel),
+    # sharing the pod's network namespace. runsc's multi-container sandboxes would need
+    # every container's process to be a child of the first one's conmon, which conmon
+    # cannot wait for, so the CRI annotations that ask for them are left out.
+    per_container_sandbox: bool = False
+
+
+def hybrid_cgroups(root: Path = cgroups.CGROUP_ROOT) -> bool:
+    """v1 hierarchies with a unified one beside them that lists controllers."""
+    controllers = root / "unified" / "cgroup.controllers"
+    return controllers.exists() and bool(controllers.read_text().split())
+
+
+class HandlerRegistry:
+    def __init__(self, cfg: Config, paths: Paths) -> None:
+        self.default = cfg.default_runtime
+        self._paths = paths
+        self._conmon = cfg.runtime.conmon
+        configs = dict(BUILTIN)
+        configs.update(cfg.runtimes)
+        self._handlers: dict[str, Handler] = {}
+        for name, hc in configs.items():
+            explicit = name in cfg.runtimes or name == self.default
+            handler = self._build(name, hc, explicit)
+            if handler is not None:  # a built-in whose binary is absent is not offered
+                self._handlers[name] = handler
+
+    def _build(self, name: str, hc: HandlerConfig, explicit: bool) -> Handler | None:
+        binary = shutil.which(hc.binary) if hc.binary else None
+        if binary is None and not explicit:
+            return None
+        root = Path(hc.root) if hc.root else self._paths.state / "runtimes" / name
+        path = binary or hc.binary or name
+        if binary and Path(binary).name == "crun" and hybrid_cgroups():
+            path = str(self._crun_wrapper(binary))
+        runtime = OciRuntime(name, path, root, hc.args)
+        conmon = Conmon(runtime, self._conmon)
+        reason = ""
+        if binary is None:
+            reason = f"runtime binary {hc.binary or '(none)'!r} of handler {name!r} not found"
+        elif shutil.which(self._conmon) is None:
+            reason = f"conmon binary {self._conmon!r} not found"
+        gvisor = Path(path).name == "runsc"
+        return Handler(
+            name, runtime, conmon, ready=not reason, reason=reason, per_container_sandbox=gvisor
+        )
+
+    def _crun_wrapper(self, crun: str) -> Path:
+        wrapper = self._paths.state / "runtimes" / "crun-hybrid"
+        wrapper.parent.mkdir(parents=True, exist_ok=True)
+        tmp = wrapper.with_suffix(".tmp")
+        tmp.write_text(_CRUN_WRAPPER.replace("{crun}", crun))
+        os.chmod(tmp, 0o755)
+        tmp.replace(wrapper)
+        return wrapper
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def all(self) -> list[Handler]:
+        return [self._handlers[n] for n in self.names()]
+
+    def get(self, name: str) -> Handler:
+        """The handler `name` ("" = the default). NotFound for an unknown name,
+        FailedPrecondition for one that cannot run on this node."""
+        name = name or self.default
+        handler = self._handlers.get(name)
+        if handler is None:
+            raise NotFound(
+                f"runtime handler {name!r} is not configured; configured handlers: "
+                f"{', '.join(self.names())}; add it as [runtimes.{name}] in the config"
+            )
+        if not handler.ready:
+            raise FailedPrecondition(f"runtime handler {name!r} cannot run: {handler.reason}")
+        return handler
+
+    def lookup(self, name: str) -> Handler:
+        """Like get() but without the readiness check: for stopping and removing pods
+        that already exist (their handler may have broken since)."""
+        handler = self._handlers.get(name or self.default)
+        if handler is None:
+            return self.get(name)  # raises NotFound with the full message
+        return handler

@@ -15,18 +15,16 @@ import pytest
 from tests.support.daemon import Daemon
 from tests.support.pods import load_busybox, pod_daemon_config, remove_all
 
-CGROUP_PARENT = "podling-it"
 
-
-def make_cgroup_parent() -> None:
+def make_cgroup_parent(name: str) -> None:
     for h in Path("/sys/fs/cgroup").iterdir():
         if (h / "cgroup.procs").exists():
-            (h / CGROUP_PARENT).mkdir(exist_ok=True)
+            (h / name).mkdir(exist_ok=True)
 
 
-def remove_cgroup_parent() -> None:
+def remove_cgroup_parent(name: str) -> None:
     for h in Path("/sys/fs/cgroup").iterdir():
-        d = h / CGROUP_PARENT
+        d = h / name
         if d.is_dir():
             d.rmdir()
 
@@ -37,12 +35,14 @@ class PodEnv:
         self.bridge = bridge
         self.subnet = subnet
         self.logs = base / "logs"
-        self.daemon = Daemon(base / "daemon", pod_daemon_config(base, bridge, subnet, extra))
+        self.cgroup_parent = f"podling-{bridge}"  # one per module: modules may run at once
+        config = pod_daemon_config(base, bridge, subnet, extra, self.cgroup_parent)
+        self.daemon = Daemon(base / "daemon", config)
 
     def __enter__(self) -> PodEnv:
         subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         try:
-            make_cgroup_parent()
+            make_cgroup_parent(self.cgroup_parent)
             self.daemon.start()
             load_busybox(self.daemon, self.base)
         except BaseException:
@@ -57,7 +57,7 @@ class PodEnv:
         finally:
             self.daemon.stop()
             subprocess.run(["ip", "link", "del", self.bridge], check=False)
-            remove_cgroup_parent()
+            remove_cgroup_parent(self.cgroup_parent)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 
 from tests.integration.pod_fixtures import PodEnv
+from tests.integration.test_streaming import feed, run_exec, wait_http
 from tests.support.pods import container_config, pod_config, rpc_code, status, wait_state
 
 pytestmark = pytest.mark.root
@@ -95,3 +96,19 @@ def _get(url: str) -> str:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"{url} never answered")
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+async def test_streaming_on_each_handler(clean: PodEnv, handler: str) -> None:
+    d = clean.daemon
+    pod_id, pcfg = run_pod(clean, handler)
+    script = "mkdir /www && echo page > /www/index.html && httpd -f -p 8080 -h /www"
+    web = start(clean, pod_id, pcfg, container_config("web", "sh", "-c", script))
+    wait_state(d, web, RUNNING)
+    code, out, err = await run_exec(
+        d, web, "sh", "-c", "echo out; echo err >&2; exit 4", protocol="spdy"
+    )
+    assert (code, out, err) == (4, b"out\n", b"err\n")
+    code, out, _ = await run_exec(d, web, "cat", protocol="websocket", stdin=feed(b"hello\n"))
+    assert (code, out) == (0, b"hello\n")
+    assert b"page" in await wait_http(d, pod_id, "spdy")

@@ -16,13 +16,15 @@ from tests.support.images import BuiltImage, build_image, busybox_rootfs_layer, 
 BUSYBOX = "localhost/test/busybox:1"
 
 
-def pod_daemon_config(base: Path, bridge: str, subnet: str, extra: str = "") -> str:
+def pod_daemon_config(
+    base: Path, bridge: str, subnet: str, extra: str = "", cgroup_parent: str = "podling-it"
+) -> str:
     """A daemon config whose networking stays on the test's own bridge and subnet."""
     cni = base / "cni"
     cni.mkdir(parents=True, exist_ok=True)
     return (
         f'[network]\ncni_conf_dir = "{cni}"\ndefault_bridge = "{bridge}"\n'
-        f'default_subnet = "{subnet}"\n[runtime]\ncgroup_parent = "/podling-it"\n'
+        f'default_subnet = "{subnet}"\n[runtime]\ncgroup_parent = "/{cgroup_parent}"\n'
         "stop_timeout = 2\n" + extra
     )
 

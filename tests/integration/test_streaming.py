@@ -420,3 +420,21 @@ async def test_port_forward_host_network(clean: PodEnv) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_tls_streaming_server(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.mktemp("tls")
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    extra = f'[streaming]\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+    with PodEnv(base, "plstrtls0", "10.93.5.0/24", extra) as e:
+        cid = sleeper(e)[1]
+        url = exec_url(e.daemon, cid, "echo", "over-tls")
+        assert url.startswith("https://127.0.0.1:")
+        out, err = Sink(), Sink()
+        code = await client.remote_command(url, stdin=None, stdout=out, stderr=err, tty=False)
+        assert (code, out.data, err.data) == (0, b"over-tls\n", b"")

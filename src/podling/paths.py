@@ -62,10 +62,6 @@ class Paths:
         return self.state / "attach"
 
     @property
-    def runc_root(self) -> Path:
-        return self.state / "runc"
-
-    @property
     def cni_cache(self) -> Path:
         return self.state / "cni" / "cache"
 
@@ -89,7 +85,6 @@ class Paths:
             self.containers,
             self.exits,
             self.attach_sockets,
-            self.runc_root,
             self.cni_cache,
             self.ipam,
         )

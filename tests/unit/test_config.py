@@ -89,3 +89,12 @@ def test_error_names_the_dropin_that_is_wrong(tmp_path: Path) -> None:
     (d / "50-bad.toml").write_text("[runtime]\ncgroup_driver = 'systemd'\n")
     with pytest.raises(ConfigError, match=r"50-bad\.toml: 'runtime\.cgroup_driver' must be one of"):
         config.load(tmp_path / "config.toml")
+
+
+def test_the_readme_config_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "config.toml").write_text(block)
+    cfg = config.load(tmp_path / "config.toml", explicit=True)
+    assert cfg.images.registries["docker.io"].mirrors == ["http://127.0.0.1:5000"]
+    assert cfg.runtimes["runsc"].args == ["--platform=ptrace", "--network=host"]

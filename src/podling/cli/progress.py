@@ -33,6 +33,10 @@ def show_progress(client: Client, image: str, pull: grpc.Future[Any]) -> None:
                 for event in client.admin_stream("PullProgress", {"image": image}):
                     _update(bar, tasks, event)
                 _wait(pull, 0.2)
+            # a fast pull can end before the first poll: the daemon keeps the final state
+            # for a few seconds, so draw it once more
+            for event in client.admin_stream("PullProgress", {"image": image}):
+                _update(bar, tasks, event)
         except grpc.RpcError:
             return
 

@@ -13,9 +13,13 @@ from pathlib import Path
 WATCHED_PROCS = {"conmon", "podlingd", "runc", "crun", "runsc", "docker-registry", "catatonit"}
 
 
-def mounts() -> set[str]:
+def mounts(session_tmp: str = "") -> set[str]:
+    """Mounts, less those under another pytest session's temp dir (a concurrent run)."""
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return {" ".join(line.split()[3:5]) for line in lines}
+    found = {" ".join(line.split()[3:5]) for line in lines}
+    if session_tmp:
+        found = {m for m in found if "/pytest-of-" not in m or session_tmp in m}
+    return found
 
 
 def netns() -> set[str]:
@@ -86,7 +90,7 @@ def ip_allocations(session_tmp: str) -> set[str]:
 def snapshot(session_tmp: str = "") -> dict[str, set[str]]:
     return {
         "IP allocations": ip_allocations(session_tmp),
-        "mounts": mounts(),
+        "mounts": mounts(session_tmp),
         "network namespaces": netns(),
         "cgroups": cgroups(),
         "processes": processes(session_tmp),

@@ -72,6 +72,7 @@ class App:
         except PodlingError as e:
             log.error("no usable CNI network: %s", e.message)  # Status says NetworkReady false
         await recover(self.pods, self.containers)
+        await self.images.sweep()
         self._tasks.append(asyncio.create_task(watch_exits(self.containers), name="exits"))
         await self.streaming.start()  # before gRPC: Exec answers URLs with its real port
         await self.server.start()
@@ -147,6 +148,7 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
     log.info("snapshotter ready", extra={"snapshotter": snapshotter.name})
     registry, images = _images(cfg, store, snapshotter, paths)
     pods, containers, events = _runtime(cfg, store, snapshotter, paths)
+    containers.after_remove = images.sweep
     stats = StatsCollector(snapshotter, str(paths.snapshots))
     server = grpc.aio.server(interceptors=[LoggingErrorInterceptor()])
     streaming = StreamingServer(

@@ -352,3 +352,25 @@ def test_configured_pinned_images_are_reported_pinned(
     assert status(d, ref).image.pinned is True
     assert status(d, other).image.pinned is False
     assert {i.id: i.pinned for i in listed(d)}[img.config_digest] is True
+
+
+def test_removed_image_layers_go_once_the_last_container_is_removed(tmp_path: Path) -> None:
+    """RemoveImage under a container's writable layer keeps the chain the layer builds on;
+    removing the container then frees it (the sweep after container removal)."""
+    from tests.integration.pod_fixtures import PodEnv
+    from tests.support.pods import BUSYBOX, container_config, pod_config, run_pod, start_container
+
+    with PodEnv(tmp_path, "plsweep0", "10.93.8.0/24") as e:
+        d = e.daemon
+        cfg = pod_config()
+        cfg.linux.security_context.namespace_options.pid = pb.NamespaceMode.CONTAINER
+        pod_id = run_pod(d, cfg)
+        cid = start_container(d, pod_id, cfg, container_config("c", "sleep", "1000"))
+        d.images.RemoveImage(pb.RemoveImageRequest(image=spec(BUSYBOX)))
+        assert listed(d) == []
+        snapshots = d.root / "snapshots"
+        layer_dirs = lambda: [p for p in snapshots.iterdir() if p.name.isdigit()]  # noqa: E731
+        assert len(layer_dirs()) == 2  # the image's layer, kept under the container's
+        d.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+        assert layer_dirs() == []

@@ -54,6 +54,10 @@ BUSYBOX_APPLETS = (
     "rm",
     "printf",
     "wc",
+    "unshare",
+    "readlink",
+    "ip",
+    "chmod",
 )
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

@@ -145,7 +145,6 @@ def test_bad_mounts(tmp_path: Path, mount: pb.Mount, match: str) -> None:
 @pytest.mark.parametrize(
     "mount",
     [
-        pb.Mount(container_path="/x", image=pb.ImageSpec(image="sha256:abc")),
         pb.Mount(container_path="/x", host_path="/data", uidMappings=[pb.IDMapping(length=1)]),
         pb.Mount(container_path="/x", host_path="/data", readonly=True, recursive_read_only=True),
     ],
@@ -153,6 +152,54 @@ def test_bad_mounts(tmp_path: Path, mount: pb.Mount, match: str) -> None:
 def test_unsupported_mounts(tmp_path: Path, mount: pb.Mount) -> None:
     with pytest.raises(FailedPrecondition):
         build(tmp_path, _mounts(mount))
+
+
+def _image_mount(path: str = "/img", **kw: object) -> pb.Mount:
+    return pb.Mount(container_path=path, image=pb.ImageSpec(image="sha256:abc"), **kw)  # type: ignore[arg-type]
+
+
+def test_image_volume_is_a_readonly_bind_of_the_prepared_dir(tmp_path: Path) -> None:
+    config = _mounts(
+        pb.Mount(container_path="/data", host_path="/data"),
+        _image_mount("/img/./", readonly=False),
+    )
+    result = build(tmp_path, config, image_volumes={1: "/state/c1/imagevols/1"})
+    assert mount_at(result, "/img") == {
+        "destination": "/img",
+        "type": "bind",
+        "source": "/state/c1/imagevols/1",
+        "options": ["rbind", "rprivate", "ro"],  # read-only although readonly=false
+    }
+    assert mount_at(result, "/data")["options"][-1] == "rw"
+    applied = result.mounts[1]
+    assert applied.host_path == "/state/c1/imagevols/1" and applied.readonly
+    assert applied.image.image == "sha256:abc"
+    assert result.mounts[0].host_path == "/data" and not result.mounts[0].readonly
+
+
+def test_image_volume_not_prepared_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(
+        FailedPrecondition,
+        match=r"mounts\[0\] \(/img\): image volume "
+        r"sha256:abc was not prepared",
+    ):
+        build(tmp_path, _mounts(_image_mount()))
+    with pytest.raises(FailedPrecondition, match="not prepared"):
+        build(tmp_path, _mounts(_image_mount()), image_volumes={1: "/elsewhere"})
+
+
+@pytest.mark.parametrize(
+    ("mount", "match"),
+    [
+        (_image_mount(host_path="/data"), "set either host_path or image"),
+        (_image_mount("img"), "must be an absolute path"),
+        (_image_mount("/"), "cannot mount over /"),
+        (_image_mount(propagation=7), "propagation 7 is not known"),
+    ],
+)
+def test_bad_image_volumes(tmp_path: Path, mount: pb.Mount, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        build(tmp_path, _mounts(mount), image_volumes={0: "/state/iv"})
 
 
 def test_container_path_is_cleaned(tmp_path: Path) -> None:

@@ -110,6 +110,7 @@ def build(
     pod: PodContext | None = None,
     host: HostInfo | None = None,
     target_pid: int | None = None,
+    image_volumes: dict[int, str] | None = None,
 ) -> SpecResult:
     rootfs = tmp / "rootfs"
     if not rootfs.exists():
@@ -122,6 +123,7 @@ def build(
         rootfs=rootfs,
         target_pid=target_pid,
         host=host or make_host(),
+        image_volumes=image_volumes,
     )
 
 

@@ -76,6 +76,8 @@ class RuntimeServicer(PodsApi, ContainersApi, StreamsApi, pb_grpc.RuntimeService
                 )
                 for h in handlers.all()
             ],
+            # spec_process implements both policies (Merge and Strict)
+            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     async def RuntimeConfig(

@@ -22,6 +22,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,13 @@ def _process(
 
 
 def _mounts(
-    config: pb.ContainerConfig, pod: PodContext, host: HostInfo
+    config: pb.ContainerConfig,
+    pod: PodContext,
+    host: HostInfo,
+    image_volumes: Mapping[int, str] | None,
 ) -> tuple[list[dict[str, Any]], mounts_.CriMounts]:
     sc = config.linux.security_context
-    cri = mounts_.cri_mounts(config.mounts, host)
+    cri = mounts_.cri_mounts(config.mounts, host, image_volumes)
     defaults = mounts_.default_mounts(sc.privileged, pod.shm_path)
     pod_files = mounts_.pod_file_mounts(pod, sc.readonly_rootfs)
     return mounts_.all_mounts(defaults, pod_files, cri), cri
@@ -124,12 +128,15 @@ def build_spec(
     rootfs: Path,
     target_pid: int | None = None,
     host: HostInfo = HostInfo(),  # noqa: B008 - frozen, so one shared default is safe
+    image_volumes: Mapping[int, str] | None = None,
 ) -> SpecResult:
     """The config.json for container `container_id` of `pod`; see the module doc.
 
     `image_config` is the whole OCI image config (its "config" object is used);
     `rootfs` the container's mounted root filesystem; `target_pid` the process of the
-    target container when namespace_options.pid is TARGET.
+    target container when namespace_options.pid is TARGET; `image_volumes` the host dir
+    where the caller mounted each image volume, by index in config.mounts (an image
+    mount without one is a FailedPrecondition).
     """
     image = image_config.get("config") or {}
     sc = config.linux.security_context
@@ -144,7 +151,7 @@ def build_spec(
     seccomp = security_.seccomp(sc, caps.caps, host)
     if seccomp is not None:
         linux["seccomp"] = seccomp
-    mounts, cri = _mounts(config, pod, host)
+    mounts, cri = _mounts(config, pod, host, image_volumes)
     if cri.rootfs_propagation:
         linux["rootfsPropagation"] = cri.rootfs_propagation
     spec: dict[str, Any] = {

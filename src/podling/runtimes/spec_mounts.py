@@ -12,12 +12,17 @@ CRI says to mount the real destination); a missing host path is the caller's err
 Propagation maps PRIVATE/HOST_TO_CONTAINER/BIDIRECTIONAL to rprivate/rslave/rshared,
 and the rootfs is made rslave/rshared to match, or runc's mount would not propagate.
 SELinux relabelling is ignored (SELinux is not active on our nodes).
+
+Image volumes (a CRI mount with `image` set) are prepared by the caller: it mounts a
+read-only view of the image and passes the dir by mount index (`image_volumes`). They
+become read-only binds of that dir whatever `readonly` says (the CRI: image volumes are
+read-only), and must not name a host_path as well.
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +109,12 @@ def _container_path(index: int, m: pb.Mount) -> str:
     return clean
 
 
+def is_image_volume(m: pb.Mount) -> bool:
+    """Whether the CRI mount asks for an image's root filesystem (Mount.image)."""
+    return m.HasField("image") and bool(m.image.image)
+
+
 def _check_unsupported(index: int, m: pb.Mount) -> None:
-    if m.HasField("image") and m.image.image:
-        raise FailedPrecondition(
-            f"mounts[{index}] ({m.container_path}): image volume mounts are not supported yet"
-        )
     if m.uidMappings or m.gidMappings:
         raise FailedPrecondition(
             f"mounts[{index}] ({m.container_path}): id-mapped mounts need user namespaces, "
@@ -138,24 +144,44 @@ def _host_path(index: int, m: pb.Mount, host: HostInfo) -> str:
     return host.resolve_path(m.host_path)
 
 
+def _image_source(index: int, m: pb.Mount, image_volumes: Mapping[int, str]) -> str:
+    if m.host_path:
+        raise InvalidArgument(
+            f"mounts[{index}] ({m.container_path}): set either host_path or image "
+            f"({m.image.image}), not both"
+        )
+    source = image_volumes.get(index)
+    if source is None:
+        raise FailedPrecondition(
+            f"mounts[{index}] ({m.container_path}): image volume {m.image.image} was not "
+            "prepared for this container"
+        )
+    return source
+
+
 def _depth(path: str) -> int:
     return len([p for p in path.split("/") if p])
 
 
-def cri_mounts(mounts: Sequence[pb.Mount], host: HostInfo) -> CriMounts:
-    """Validate and convert the CRI mounts; see the module doc for the rules."""
+def cri_mounts(
+    mounts: Sequence[pb.Mount], host: HostInfo, image_volumes: Mapping[int, str] | None = None
+) -> CriMounts:
+    """Validate and convert the CRI mounts; see the module doc for the rules.
+    `image_volumes` maps the index of each image mount to its prepared host dir."""
     converted: list[tuple[Mount, pb.Mount]] = []
     for i, m in enumerate(mounts):
         _check_unsupported(i, m)
         dest = _container_path(i, m)
-        source = _host_path(i, m, host)
+        image = is_image_volume(m)
+        source = _image_source(i, m, image_volumes or {}) if image else _host_path(i, m, host)
         propagation = _PROPAGATION.get(m.propagation)
         if propagation is None:
             raise InvalidArgument(f"mounts[{i}].propagation {m.propagation} is not known")
-        options = ["rbind", propagation, "ro" if m.readonly else "rw"]
+        readonly = m.readonly or image
+        options = ["rbind", propagation, "ro" if readonly else "rw"]
         applied = pb.Mount()
         applied.CopyFrom(m)
-        applied.host_path = source
+        applied.host_path, applied.readonly = source, readonly
         converted.append((_m(dest, "bind", source, options), applied))
     converted.sort(key=lambda pair: _depth(pair[0]["destination"]))
     out = CriMounts([c[0] for c in converted], [c[1] for c in converted])

@@ -2,7 +2,9 @@
 
 1. validate; the pod must exist and be ready; the image must be present
 2. reserve the name in the pod (record in state "creating")
-3. a writable snapshot on the image's layers, mounted as the bundle's rootfs
+3. a writable snapshot on the image's layers, mounted as the bundle's rootfs; for each
+   image volume (a CRI mount with `image`), a read-only view of that image's layers
+   (snapshot "iv-<id>-<mount index>") mounted at bundle/imagevols/<mount index>
 4. config.json from the CRI config, the image config and the pod (runtimes/spec.py)
 5. conmon runs `runtime create`; the container waits in "created" for StartContainer
 """
@@ -11,23 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 from google.protobuf.json_format import MessageToDict
 
-from podling.errors import FailedPrecondition, NotFound
+from podling.errors import FailedPrecondition, InvalidArgument, NotFound
 from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
 from podling.runtimes.conmon import Conmon
 from podling.runtimes.handlers import HandlerRegistry
 from podling.runtimes.oci import OciRuntime
 from podling.runtimes.spec import HostInfo, PodContext, build_spec
+from podling.runtimes.spec_mounts import is_image_volume
 from podling.services import validate
 from podling.services.events import CREATED, Event, EventBus
 from podling.services.records import find_image
@@ -96,6 +101,25 @@ def _pid_mode(config: pb.ContainerConfig, pod: PodRecord) -> pb.ContainerConfig:
     return fixed
 
 
+def volume_images(meta: MetadataStore, config: pb.ContainerConfig) -> dict[int, ImageRecord]:
+    """The image of each image volume, by mount index; NotFound names a missing one."""
+    out: dict[int, ImageRecord] = {}
+    for i, m in enumerate(config.mounts):
+        if not is_image_volume(m):
+            continue
+        image = find_image(meta, m.image.image)
+        if image is None:
+            raise NotFound(
+                f"image {m.image.image} for mount {m.container_path} not found: pull it first"
+            )
+        if not image.chain_ids:
+            raise FailedPrecondition(
+                f"image {m.image.image} for mount {m.container_path} has no layers to mount"
+            )
+        out[i] = image
+    return out
+
+
 async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerConfig) -> str:
     validate.container_config(config)
     pod = ready_pod(deps.store, pod_id)
@@ -103,6 +127,7 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
     image = find_image(deps.meta, config.image.image)
     if image is None:
         raise NotFound(f"image {config.image.image!r} not found: pull it first")
+    vol_images = volume_images(deps.meta, config)
     cid = secrets.token_hex(32)
     bundle = deps.paths.bundle(cid)
     rec = ContainerRecord(
@@ -127,6 +152,7 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
         bundle.mkdir(parents=True)
         steps.undo("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
         await _rootfs(deps, steps, rec, image)
+        volumes = await _image_volumes(deps, steps, rec, config, vol_images)
         handler = deps.handlers.get(pod.runtime_handler)
         async with steps.step("build the OCI spec"):
             result = build_spec(
@@ -137,6 +163,7 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
                 rootfs=Path(rec.rootfs),
                 target_pid=_target_pid(deps.store, pod, config),
                 host=deps.host,
+                image_volumes=volumes,
             )
             if handler.per_container_sandbox:
                 standalone_sandbox(result.spec, pod_context(pod).config)
@@ -176,6 +203,66 @@ async def _rootfs(deps: CreateDeps, steps: Steps, rec: ContainerRecord, image: I
         for m in deps.snapshotter.mounts(rec.snapshot):
             await asyncio.to_thread(mount, m, rootfs)
     steps.undo("unmount the root filesystem", lambda: unmount(rootfs, detach=True))
+
+
+async def _image_volumes(
+    deps: CreateDeps,
+    steps: Steps,
+    rec: ContainerRecord,
+    config: pb.ContainerConfig,
+    images: dict[int, ImageRecord],
+) -> dict[int, str]:
+    """Mount a read-only view of each image volume's image under the bundle; returns the
+    dir to bind into the container, by mount index (image_sub_path resolved)."""
+    out: dict[int, str] = {}
+    for i, image in images.items():
+        key, target = image_volume_key(rec.id, i), image_volume_dir(Path(rec.bundle), i)
+        async with steps.step(f"prepare the image volume for mounts[{i}]"):
+            views = await asyncio.to_thread(deps.snapshotter.view, key, image.chain_ids[-1])
+        steps.undo(f"remove image volume {key}", partial(deps.snapshotter.remove, key))
+        async with steps.step(f"mount the image volume for mounts[{i}]"):
+            target.mkdir(parents=True)
+            for m in views:
+                await asyncio.to_thread(mount, m, target)
+        steps.undo(f"unmount {target}", partial(unmount, target, detach=True))
+        out[i] = sub_path(target, config.mounts[i], i)
+    return out
+
+
+def image_volume_key(cid: str, index: int) -> str:
+    """The view snapshot of image volume mounts[index] of container `cid`."""
+    return f"iv-{cid}-{index}"
+
+
+def image_volume_dir(bundle: Path, index: int) -> Path:
+    return bundle / "imagevols" / str(index)
+
+
+def sub_path(root: Path, m: pb.Mount, index: int) -> str:
+    """`root`, or its image_sub_path: relative, existing, and (symlinks followed) still
+    inside `root`, since an image's absolute symlinks would point into the host."""
+    sub = m.image_sub_path
+    if not sub:
+        return str(root)
+    where = f"mounts[{index}].image_sub_path {sub!r}"
+    if os.path.isabs(sub):
+        raise InvalidArgument(f"{where} must be relative to the image's root")
+    real = os.path.realpath(root / sub)
+    if os.path.commonpath([real, str(root)]) != str(root):
+        raise InvalidArgument(f"{where} leaves the image {m.image.image}")
+    if not os.path.exists(real):
+        raise InvalidArgument(f"{where} does not exist in the image {m.image.image}")
+    return real
+
+
+def release_image_volumes(snapshotter: Snapshotter, cid: str, bundle: Path) -> None:
+    """Unmount and remove every image volume of container `cid` (what is left of them)."""
+    vols = bundle / "imagevols"
+    for target in sorted(vols.iterdir()) if vols.is_dir() else []:
+        unmount(target, detach=True)
+    for key in snapshotter.keys():  # noqa: SIM118 - a Snapshotter, not a dict
+        if key.startswith(f"iv-{cid}-"):
+            snapshotter.remove(key)
 
 
 async def _delete(deps: CreateDeps, runtime: OciRuntime, cid: str) -> None:

@@ -12,6 +12,7 @@ import logging
 import shutil
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cri_api.v1 import api_pb2 as pb
@@ -22,7 +23,11 @@ from podling.runtimes import spec_resources
 from podling.runtimes.conmon import Conmon, ExitInfo
 from podling.runtimes.handlers import Handler
 from podling.services import validate
-from podling.services.container_create import CreateDeps, create_container
+from podling.services.container_create import (
+    CreateDeps,
+    create_container,
+    release_image_volumes,
+)
 from podling.services.events import DELETED, STARTED, STOPPED, Event
 from podling.store.pods import CT_CREATED, CT_EXITED, CT_RUNNING, ContainerRecord
 
@@ -48,6 +53,9 @@ class ContainerService:
         self.conmon: Conmon = deps.conmon
         self.runtime = deps.conmon.runtime  # the default handler's
         self._exited: dict[str, asyncio.Event] = {}
+        self._starting: dict[str, ExitInfo | None] = {}
+        # called after a container is removed (the image service sweeps unused snapshots)
+        self.after_remove: Callable[[], Awaitable[None]] | None = None
 
     async def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
         return await create_container(self.deps, pod_id, config)
@@ -77,17 +85,26 @@ class ContainerService:
                 f"container {rec.id} is {rec.state}, not created: only a created container "
                 "can be started"
             )
-        await self.handler(rec).runtime.start(rec.id)
-        rec.state, rec.started_ns = CT_RUNNING, time.time_ns()
-        self.store.update_container(rec)
-        self.deps.events.publish(Event(STARTED, rec.id, rec.pod_id, rec.started_ns))
+        # An exit seen while `runtime start` runs is held back until the container is
+        # recorded as running, so the record and the events keep their order.
+        self._starting[rec.id] = None
+        try:
+            await self.handler(rec).runtime.start(rec.id)
+            rec.state, rec.started_ns = CT_RUNNING, time.time_ns()
+            self.store.update_container(rec)
+            self.deps.events.publish(Event(STARTED, rec.id, rec.pod_id, rec.started_ns))
+        finally:
+            early = self._starting.pop(rec.id, None)
         # a very short-lived process may have exited before we marked it running
-        info = self.conmon.exit_info(self.deps.paths.exits, rec.id, Path(rec.bundle))
+        info = early or self.conmon.exit_info(self.deps.paths.exits, rec.id, Path(rec.bundle))
         if info is not None:
             self.on_exit(rec.id, info)
 
     def on_exit(self, cid: str, info: ExitInfo) -> None:
         """Record an exit reported by conmon's exit file (idempotent)."""
+        if cid in self._starting:
+            self._starting[cid] = info  # start() records it once the start is recorded
+            return
         rec = self.store.get_container(cid)
         if rec is None or rec.state == CT_EXITED:
             return
@@ -151,8 +168,11 @@ class ContainerService:
         self.store.delete_container(rec.id)
         self._exited.pop(rec.id, None)
         self.deps.events.publish(Event(DELETED, rec.id, rec.pod_id, time.time_ns()))
+        if self.after_remove is not None:
+            await self.after_remove()
 
     def _remove_files(self, rec: ContainerRecord) -> None:
+        release_image_volumes(self.deps.snapshotter, rec.id, Path(rec.bundle))
         unmount(Path(rec.rootfs), detach=True)
         if self.deps.snapshotter.exists(rec.snapshot):
             self.deps.snapshotter.remove(rec.snapshot)

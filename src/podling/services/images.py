@@ -25,6 +25,7 @@ from podling.image.registry import Credentials
 from podling.services.importing import Importer
 from podling.services.pull import Puller
 from podling.services.records import find_image
+from podling.snapshots.base import Snapshotter
 from podling.store.metadata import ImageRecord, MetadataStore
 
 
@@ -106,6 +107,22 @@ class ImageService:
                 if not self._store.blob_in_use(digest):
                     self._content.delete(digest)
 
+    async def sweep(self) -> None:
+        """Remove image-layer snapshots no image uses any more. RemoveImage skips a chain
+        that a container's layer (or an image volume) still builds on; once that goes, the
+        chain would stay forever without this sweep (run after container removal and at
+        start)."""
+        async with self._gc_lock:
+            snapshotter = self._unpacker.snapshotter
+            known: list[str] = snapshotter.keys()
+            orphans = [
+                k for k in known if k.startswith("sha256:") and not self._store.chain_in_use(k)
+            ]
+            # children before parents: a chain with a child cannot go first
+            orphans.sort(key=lambda k: -len(_ancestry(snapshotter, k)))
+            if orphans:
+                await self._unpacker.collect(orphans[::-1], self._store.chain_in_use)
+
     def _blob_digests(self, rec: ImageRecord) -> list[str]:
         try:
             man = json.loads(self._content.read_bytes(rec.manifest_digest))
@@ -169,3 +186,10 @@ def archive_names(names: Sequence[str], manifest_digest: str) -> list[tuple[str,
 def _normalised(text: str) -> str:
     ref = parse_reference(text)
     return str(ref.repo_digest if ref.digest else ref.repo_tag)
+
+
+def _ancestry(snapshotter: Snapshotter, key: str) -> list[str]:
+    chain = [key]
+    while (parent := snapshotter.parent(chain[-1])) is not None:
+        chain.append(parent)
+    return chain

@@ -21,6 +21,7 @@ from podling.errors import PodlingError
 from podling.oslib import cgroups
 from podling.oslib.mount import unmount
 from podling.sandbox.namespaces import unpin
+from podling.services.container_create import release_image_volumes
 from podling.services.containers import ContainerService
 from podling.services.pod_run import pinned_of
 from podling.services.pods import PodService
@@ -80,6 +81,10 @@ async def _orphans(pods: PodService, containers: ContainerService) -> None:
         for handler in containers.deps.handlers.all():
             await _quietly(handler.runtime.delete(bundle.name, force=True))
         await asyncio.to_thread(unmount, bundle / "rootfs", detach=True)
+        snapshotter = containers.deps.snapshotter
+        await asyncio.to_thread(release_image_volumes, snapshotter, bundle.name, bundle)
+        if snapshotter.exists(f"ct-{bundle.name}"):
+            await asyncio.to_thread(snapshotter.remove, f"ct-{bundle.name}")
         shutil.rmtree(bundle, ignore_errors=True)
     known_pods = {p.id for p in pods.store.pods()}
     for pod_dir in list(paths.pods.iterdir()) if paths.pods.exists() else []:

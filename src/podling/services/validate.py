@@ -90,4 +90,5 @@ def container_config(config: pb.ContainerConfig) -> None:
     for i, m in enumerate(config.mounts):
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"config.mounts[{i}].container_path must be absolute")
-        require(m.host_path, f"config.mounts[{i}].host_path")
+        if not (m.HasField("image") and m.image.image):  # an image volume has no host path
+            require(m.host_path, f"config.mounts[{i}].host_path")

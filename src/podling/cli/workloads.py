@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from podling.cli import containers, logs, pods, portforward, ps, stats, streams
+from podling.cli import containers, doctor, logs, pods, portforward, ps, stats, streams
 
 
 def register(group: click.Group) -> None:
-    for module in (pods, containers, ps, logs, stats, streams, portforward):
+    for module in (pods, containers, ps, logs, stats, streams, portforward, doctor):
         module.register(group)

@@ -23,14 +23,14 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import aiohttp
-from yarl import URL
+from typing import TYPE_CHECKING, Any
 
 from podling.errors import InvalidArgument, Unauthenticated, Unavailable
 from podling.image.registry_errors import describe
 from podling.keyedlock import KeyedLocks
+
+if TYPE_CHECKING:  # imported where used: aiohttp costs ~11 MB of RSS, a daemon may never pull
+    import aiohttp
 
 _DEFAULT_EXPIRY = 60.0
 # Renew a little before the server's deadline so a token does not expire in flight.
@@ -228,6 +228,8 @@ class Authenticator:
         see registry credentials). Unauthenticated if the registry still refuses after
         authenticating. The caller must release the returned response.
         """
+        from yarl import URL  # aiohttp's URL type, loaded with it (see the imports)
+
         auth = self.cached_header(where, creds)
         resp = await _follow(session, url, headers, auth)
         if resp.status != 401 or resp.url.origin() != URL(url).origin():
@@ -338,6 +340,8 @@ class Authenticator:
         scopes: tuple[str, ...],
         creds: Credentials,
     ) -> dict[str, Any]:
+        import aiohttp  # loaded already: `session` is one of its
+
         service = challenge.params.get("service", "")
         try:
             if creds.identity_token:
@@ -387,6 +391,8 @@ async def _follow(
     session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], auth: str | None
 ) -> aiohttp.ClientResponse:
     """GET following redirects; Authorization is sent only to the origin of `url`."""
+    from yarl import URL  # aiohttp's URL type, loaded with it (see the imports)
+
     origin = URL(url).origin()
     for _ in range(_MAX_REDIRECTS + 1):
         sent = dict(headers)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from podling.errors import (
     DeadlineExceeded,
@@ -22,6 +21,9 @@ from podling.errors import (
     Unauthenticated,
     Unavailable,
 )
+
+if TYPE_CHECKING:  # imported where used: aiohttp costs ~11 MB of RSS, a daemon may never pull
+    import aiohttp
 
 __all__ = ["combined_error", "describe", "network_errors", "status_error"]
 
@@ -34,6 +36,8 @@ async def status_error(resp: aiohttp.ClientResponse, what: str) -> PodlingError:
     Reads at most a few KiB of the body (the distribution spec's `errors` document);
     an unreadable or non-JSON body just leaves the code out. Does not release `resp`.
     """
+    import aiohttp  # loaded already: `resp` came from it
+
     detail = f"HTTP {resp.status}"
     with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
         body = json.loads(await resp.content.read(_ERROR_BODY_LIMIT))
@@ -61,6 +65,8 @@ def describe(e: BaseException) -> str:
 @contextlib.contextmanager
 def network_errors(what: str) -> Iterator[None]:
     """Translate aiohttp failures into podling errors naming `what`."""
+    import aiohttp  # lazily: see the module's imports
+
     try:
         yield
     except TimeoutError as e:

@@ -1,0 +1,68 @@
+"""`podling doctor`: checks of the node for the classic pitfalls of moving it to podling.
+
+Each check is a function `(Host, Config) -> list[Finding]`; `run_checks` runs them all
+and turns a check that crashes into an error finding, so one broken file never hides
+the other results. Exit status policy (for the CLI): any "error" finding fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from podling.config import Config
+from podling.doctor.binaries import check_cni, check_runtime_binaries
+from podling.doctor.docker import check_docker_images
+from podling.doctor.kernel import (
+    check_bridge_netfilter,
+    check_cgroup_controllers,
+    check_disk_space,
+    check_ip_forward,
+    check_overlayfs,
+)
+from podling.doctor.kubelet import check_cgroup_driver, check_runtime_endpoint, check_sandbox_image
+from podling.doctor.manifests import check_docker_socket, check_runtime_classes
+from podling.doctor.model import LEVELS, Finding, Host, Level
+
+__all__ = ["CHECKS", "LEVELS", "Finding", "Host", "Level", "has_errors", "run_checks"]
+
+Check = Callable[[Host, Config], list[Finding]]
+
+# name → check, in the order they are reported
+CHECKS: dict[str, Check] = {
+    "cgroup-driver": check_cgroup_driver,
+    "runtime-endpoint": check_runtime_endpoint,
+    "docker-socket": check_docker_socket,
+    "sandbox-image": check_sandbox_image,
+    "runtime-class": check_runtime_classes,
+    "runtime-binaries": check_runtime_binaries,
+    "overlayfs": check_overlayfs,
+    "cgroup-controllers": check_cgroup_controllers,
+    "ip-forward": check_ip_forward,
+    "bridge-netfilter": check_bridge_netfilter,
+    "cni": check_cni,
+    "disk-space": check_disk_space,
+    "docker-images": check_docker_images,
+}
+
+
+def run_checks(host: Host, cfg: Config) -> list[Finding]:
+    """Every check's findings, in CHECKS order."""
+    findings: list[Finding] = []
+    for name, check in CHECKS.items():
+        try:
+            findings.extend(check(host, cfg))
+        except Exception as e:  # a doctor reports a crashed check; it never stops at one
+            findings.append(
+                Finding(
+                    "error",
+                    name,
+                    f"the check itself failed: {type(e).__name__}: {e}",
+                    why="this part of the node could not be checked",
+                    fix="report this as a podling bug, with the message above",
+                )
+            )
+    return findings
+
+
+def has_errors(findings: list[Finding]) -> bool:
+    return any(f.level == "error" for f in findings)

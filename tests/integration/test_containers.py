@@ -375,3 +375,26 @@ def test_security_context_mounts_and_user(clean: PodEnv, tmp_path: Path) -> None
     priv_caps = int(_exec(d, pid, "grep", "CapEff", "/proc/self/status").stdout.split()[1], 16)
     own = Path("/proc/self/status").read_text().split("CapEff:")[1].split()[0]
     assert priv_caps == int(own, 16)  # everything podling itself holds
+
+
+def test_imagefsinfo_counts_writable_layers_as_container_fs(clean: PodEnv) -> None:
+    d = clean.daemon
+    pod_id, pcfg = new_pod(clean)
+    before = d.images.ImageFsInfo(pb.ImageFsInfoRequest())
+    start_container(
+        d,
+        pod_id,
+        pcfg,
+        container_config("w", "sh", "-c", "head -c 3000000 /dev/urandom > /blob; sleep 1000"),
+    )
+    time.sleep(1)
+    after = d.images.ImageFsInfo(pb.ImageFsInfoRequest())
+    grown = (
+        after.container_filesystems[0].used_bytes.value
+        - before.container_filesystems[0].used_bytes.value
+    )
+    assert grown >= 3000000
+    # the image filesystem does not count the container's writes
+    assert (
+        after.image_filesystems[0].used_bytes.value == before.image_filesystems[0].used_bytes.value
+    )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from podling.errors import InvalidArgument, NotFound
+from podling.errors import InvalidArgument, NotFound, PodlingError
 from podling.image.archive import ArchiveImage, import_archive
 from podling.image.content import ContentStore
 from podling.image.manifest import parse_config
@@ -163,12 +163,30 @@ class ImageService:
         """(image filesystem, container filesystem) usage, measured off the event loop."""
         now = time.time_ns()
         content_b, content_i = await asyncio.to_thread(self._content.usage)
-        snap_b, snap_i = await asyncio.to_thread(self._unpacker.snapshotter.total_usage)
-        image_fs = FsUsage(str(snapshots_dir.parent), content_b + snap_b, content_i + snap_i, now)
-        # Containers' writable layers live in active snapshots; none exist until the
-        # runtime service creates containers, so this is the snapshot dir with no usage.
-        container_fs = FsUsage(str(snapshots_dir), 0, 0, now)
+        layers, writable = await asyncio.to_thread(self._snapshot_usage)
+        image_fs = FsUsage(
+            str(snapshots_dir.parent), content_b + layers[0], content_i + layers[1], now
+        )
+        container_fs = FsUsage(str(snapshots_dir), writable[0], writable[1], now)
         return image_fs, container_fs
+
+    def _snapshot_usage(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((bytes, inodes) of image layers, (bytes, inodes) of containers' writable
+        layers): committed chains are named by digest, containers' layers `ct-<id>`."""
+        snapshotter = self._unpacker.snapshotter
+        layers, writable = [0, 0], [0, 0]
+        known: list[str] = snapshotter.keys()
+        for key in known:
+            if not key.startswith(("sha256:", "ct-")):
+                continue  # extractions in progress and image-volume views
+            try:
+                used, inodes = snapshotter.usage(key)
+            except PodlingError:
+                continue  # removed meanwhile
+            total = layers if key.startswith("sha256:") else writable
+            total[0] += used
+            total[1] += inodes
+        return (layers[0], layers[1]), (writable[0], writable[1])
 
 
 def archive_names(names: Sequence[str], manifest_digest: str) -> list[tuple[str, str]]:

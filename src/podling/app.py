@@ -17,9 +17,11 @@ from podling.api.interceptors import LoggingErrorInterceptor
 from podling.api.runtime import RuntimeServicer
 from podling.config import Config
 from podling.daemon_lock import DaemonLock
-from podling.errors import PodlingError
+from podling.errors import PodlingError, Unavailable
 from podling.image.content import ContentStore
 from podling.image.registry import HostConfig, RegistryClient
+from podling.metrics import Metrics
+from podling.metrics_http import MetricsServer
 from podling.paths import Paths
 from podling.runtimes.handlers import HandlerRegistry
 from podling.runtimes.host import host_info
@@ -64,9 +66,11 @@ class App:
     containers: ContainerService
     server: grpc.aio.Server
     streaming: StreamingServer
+    metrics_server: MetricsServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
+        await self._start_metrics()  # first: a taken port fails the start before anything runs
         try:
             self.pods.deps.cni.ensure_config()
         except PodlingError as e:
@@ -82,6 +86,8 @@ class App:
         """Stop serving; containers keep running (conmon holds them)."""
         await self.server.stop(grace)
         await self.streaming.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -90,6 +96,17 @@ class App:
         self.store.close()
         self.paths.socket.unlink(missing_ok=True)
         self.lock.release()
+
+    async def _start_metrics(self) -> None:
+        if self.metrics_server is None:
+            return
+        try:
+            await self.metrics_server.start()
+        except OSError as e:
+            raise Unavailable(
+                f"cannot serve metrics on {self.cfg.metrics.address}: {e}; "
+                "free that port or change [metrics] address"
+            ) from e
 
 
 def build(cfg: Config) -> App:
@@ -150,7 +167,13 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
     pods, containers, events = _runtime(cfg, store, snapshotter, paths)
     containers.after_remove = images.sweep
     stats = StatsCollector(snapshotter, str(paths.snapshots))
-    server = grpc.aio.server(interceptors=[LoggingErrorInterceptor()])
+    metrics = Metrics()
+    metrics.watch_store(containers.store)
+    images.puller.metrics = containers.metrics = metrics
+    metrics_server = (
+        MetricsServer(cfg.metrics.address, metrics.render) if cfg.metrics.address else None
+    )
+    server = grpc.aio.server(interceptors=[LoggingErrorInterceptor(metrics)])
     streaming = StreamingServer(
         RuntimeBackend(containers, pods),
         address=cfg.streaming.address,
@@ -169,4 +192,16 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
         server.add_insecure_port(f"unix://{paths.socket}")
     finally:
         os.umask(old)
-    return App(cfg, paths, lock, store, registry, images, pods, containers, server, streaming)
+    return App(
+        cfg,
+        paths,
+        lock,
+        store,
+        registry,
+        images,
+        pods,
+        containers,
+        server,
+        streaming,
+        metrics_server,
+    )

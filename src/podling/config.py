@@ -159,6 +159,17 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    address: str = field(
+        default="",
+        metadata=_doc(
+            "HOST:PORT of the Prometheus /metrics endpoint (plain http), e.g. "
+            '"127.0.0.1:9900"; empty: off'
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     default_runtime: str = field(
         default="runc",
@@ -184,11 +195,16 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
-def load(path: Path | None = None, explicit: bool = False) -> Config:
+def load(
+    path: Path | None = None, explicit: bool = False, extra: tuple[tuple[Path, str], ...] = ()
+) -> Config:
     """Read `path` (or the default) and its config.d drop-ins. A missing default file is fine;
-    a missing file named explicitly is an error."""
+    a missing file named explicitly is an error. `extra` holds (name, TOML text) pairs
+    merged last, in order, as if they were files with that name (e.g. an imported
+    containerd config)."""
     main = path or DEFAULT_CONFIG_PATH
     files: list[Path] = []
     if main.is_file():
@@ -200,9 +216,11 @@ def load(path: Path | None = None, explicit: bool = False) -> Config:
         files.extend(sorted(dropins.glob("*.toml")))
     merged: dict[str, Any] = {}
     origin: dict[str, Path] = {}
-    for f in files:
+    texts: list[tuple[Path, str | None]] = [(f, None) for f in files]
+    texts.extend(extra)
+    for f, text in texts:
         try:
-            doc = tomllib.loads(f.read_text())
+            doc = tomllib.loads(f.read_text() if text is None else text)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
             raise ConfigError(f"{f}: not valid TOML: {e}") from e
         _merge(merged, doc, origin, f, "")

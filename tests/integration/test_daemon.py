@@ -57,9 +57,11 @@ def test_network_ready_with_a_conflist_whose_plugins_exist(tmp_path: Path) -> No
 def test_unbuilt_rpcs_answer_unimplemented_by_name(tmp_path: Path) -> None:
     with Daemon(tmp_path) as d:
         with pytest.raises(grpc.RpcError) as e:
-            d.runtime.ListMetricDescriptors(pb.ListMetricDescriptorsRequest())
+            d.runtime.UpdatePodSandboxResources(
+                pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id="x")
+            )
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "ListMetricDescriptors" in (e.value.details() or "")
+        assert "UpdatePodSandboxResources" in (e.value.details() or "")
         with pytest.raises(grpc.RpcError) as e2:
             d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id="x"))
         assert e2.value.code() == grpc.StatusCode.UNIMPLEMENTED

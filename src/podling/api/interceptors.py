@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from podling.errors import PodlingError
+from podling.metrics import Metrics
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -45,8 +46,9 @@ class LoggingErrorInterceptor(grpc.aio.ServerInterceptor):
     services registered never change while the server runs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        self._metrics = metrics  # counts and times every RPC, when given
 
     async def intercept_service(
         self,
@@ -61,21 +63,23 @@ class LoggingErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        wrapped = _wrap(details.method.rsplit("/", 1)[-1], handler)
+        wrapped = _wrap(details.method.rsplit("/", 1)[-1], handler, self._metrics)
         self._wrapped[details.method] = wrapped
         return wrapped
 
 
-def _wrap(method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+def _wrap(
+    method: str, handler: grpc.RpcMethodHandler[Any, Any], metrics: Metrics | None
+) -> grpc.RpcMethodHandler[Any, Any]:
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            _wrap_unary(method, handler.unary_unary),
+            _wrap_unary(method, handler.unary_unary, metrics),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(method, handler.unary_stream),
+            _wrap_stream(method, handler.unary_stream, metrics),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -98,20 +102,27 @@ def _outcome(exc: BaseException | None) -> str:
     return exc.code if isinstance(exc, PodlingError) else "INTERNAL"
 
 
-def _log_line(method: str, request: Any, start: float, exc: BaseException | None) -> None:
+def _log_line(
+    method: str, request: Any, start: float, exc: BaseException | None, metrics: Metrics | None
+) -> None:
+    seconds = time.perf_counter() - start
     extra: dict[str, Any] = {
         "method": method,
         **request_ids(request),
-        "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+        "duration_ms": round(seconds * 1000, 3),
         "outcome": _outcome(exc),
     }
+    if metrics is not None:
+        metrics.rpc(method, extra["outcome"], seconds)
     if isinstance(exc, PodlingError):
         extra["error"] = exc.message
     level = logging.INFO if exc is None or isinstance(exc, PodlingError) else logging.ERROR
     log.log(level, "rpc", extra=extra)
 
 
-def _wrap_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_unary(
+    method: str, behavior: Callable[..., Any], metrics: Metrics | None
+) -> Callable[..., Any]:
     async def wrapped(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         try:
@@ -119,16 +130,18 @@ def _wrap_unary(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]
         except Exception as exc:  # every error ends here, by design
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            _log_line(method, request, start, exc)
+            _log_line(method, request, start, exc, metrics)
             await _fail(context, method, exc)
             raise  # unreachable: abort raises
-        _log_line(method, request, start, None)
+        _log_line(method, request, start, None, metrics)
         return response
 
     return wrapped
 
 
-def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _wrap_stream(
+    method: str, behavior: Callable[..., Any], metrics: Metrics | None
+) -> Callable[..., Any]:
     async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter()
         try:
@@ -137,9 +150,9 @@ def _wrap_stream(method: str, behavior: Callable[..., Any]) -> Callable[..., Any
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            _log_line(method, request, start, exc)
+            _log_line(method, request, start, exc, metrics)
             await _fail(context, method, exc)
             raise
-        _log_line(method, request, start, None)
+        _log_line(method, request, start, None, metrics)
 
     return wrapped

@@ -12,6 +12,7 @@ from cri_api.v1 import api_pb2_grpc as pb_grpc
 
 import podling
 from podling.api.containers import ContainersApi
+from podling.api.metrics_api import MetricsApi
 from podling.api.pods import PodsApi
 from podling.api.streams import StreamsApi, StreamUrls
 from podling.api.unimplemented import fill_unimplemented
@@ -26,7 +27,13 @@ RUNTIME_NAME = "podling"
 RUNTIME_API_VERSION = "v1"
 
 
-class RuntimeServicer(PodsApi, ContainersApi, StreamsApi, pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
+class RuntimeServicer(
+    PodsApi,
+    ContainersApi,
+    StreamsApi,
+    MetricsApi,
+    pb_grpc.RuntimeServiceServicer,  # type: ignore[misc]
+):
     def __init__(
         self,
         cfg: Config,

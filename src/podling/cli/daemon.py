@@ -14,6 +14,7 @@ import click
 from podling import app as app_mod
 from podling import config as config_mod
 from podling import log as log_mod
+from podling.containerd_config import ImportResult, import_containerd
 from podling.errors import ConfigError, PodlingError
 
 log = logging.getLogger("podling")
@@ -32,6 +33,13 @@ log = logging.getLogger("podling")
 @click.option("--root", default=None, help="override the config's root dir")
 @click.option("--state", default=None, help="override the config's state dir")
 @click.option("--socket", default=None, help="override the config's socket path")
+@click.option(
+    "--containerd-config",
+    "containerd_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="a containerd config.toml (version 2 or 3) whose settings apply on top of podling's",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -41,12 +49,15 @@ def main(
     root: str | None,
     state: str | None,
     socket: str | None,
+    containerd_path: Path | None,
 ) -> None:
     """podling's CRI v1 daemon."""
     if ctx.invoked_subcommand is not None:
         return
     try:
-        cfg = config_mod.load(config_path, explicit=config_path is not None)
+        imported = _import(containerd_path)
+        extra = ((containerd_path, imported.toml),) if containerd_path and imported else ()
+        cfg = config_mod.load(config_path, explicit=config_path is not None, extra=extra)
     except ConfigError as e:
         click.echo(f"podlingd: {e}", err=True)
         sys.exit(2)
@@ -58,11 +69,30 @@ def main(
     )
     cfg = dataclasses.replace(cfg, log=log_cfg)
     log_mod.setup(cfg.log.level, cfg.log.format)
+    if containerd_path and imported:
+        _log_import(containerd_path, imported)
     try:
         asyncio.run(_serve(cfg))
     except PodlingError as e:
         click.echo(f"podlingd: {e.message}", err=True)
         sys.exit(1)
+
+
+def _import(path: Path | None) -> ImportResult | None:
+    """The imported containerd config, or None without one; ConfigError if unreadable."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the containerd config: {e}") from e
+    return import_containerd(text, path)
+
+
+def _log_import(path: Path, imported: ImportResult) -> None:
+    log.info("containerd config %s: %d settings imported", path, len(imported.mapped))
+    for key, why in imported.unmapped:
+        log.warning("containerd config %s: %s not imported: %s", path, key, why)
 
 
 @main.command("config")

@@ -4,9 +4,31 @@ from __future__ import annotations
 
 import click
 
-from podling.cli import containers, doctor, logs, pods, portforward, ps, stats, streams
+from podling.cli import (
+    configcmd,
+    containers,
+    doctor,
+    logs,
+    migrate,
+    pods,
+    portforward,
+    ps,
+    stats,
+    streams,
+)
 
 
 def register(group: click.Group) -> None:
-    for module in (pods, containers, ps, logs, stats, streams, portforward, doctor):
+    for module in (
+        pods,
+        containers,
+        ps,
+        logs,
+        stats,
+        streams,
+        portforward,
+        doctor,
+        migrate,
+        configcmd,
+    ):
         module.register(group)

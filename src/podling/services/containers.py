@@ -17,7 +17,8 @@ from pathlib import Path
 
 from cri_api.v1 import api_pb2 as pb
 
-from podling.errors import FailedPrecondition, NotFound
+from podling.errors import FailedPrecondition, NotFound, PodlingError
+from podling.metrics import Metrics
 from podling.oslib.mount import unmount
 from podling.runtimes import spec_resources
 from podling.runtimes.conmon import Conmon, ExitInfo
@@ -56,9 +57,16 @@ class ContainerService:
         self._starting: dict[str, ExitInfo | None] = {}
         # called after a container is removed (the image service sweeps unused snapshots)
         self.after_remove: Callable[[], Awaitable[None]] | None = None
+        self.metrics: Metrics | None = None  # set by the app: OOM kills, runtime failures
 
     async def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
-        return await create_container(self.deps, pod_id, config)
+        try:
+            return await create_container(self.deps, pod_id, config)
+        except PodlingError as e:
+            # only the conmon/runtime step counts, not bad requests (Steps names the step)
+            if self.metrics is not None and "under conmon) failed" in e.message:
+                self.metrics.runtime_failures.inc("create")
+            raise
 
     def handler(self, rec: ContainerRecord) -> Handler:
         """The runtime handler the container's pod runs with."""
@@ -89,7 +97,12 @@ class ContainerService:
         # recorded as running, so the record and the events keep their order.
         self._starting[rec.id] = None
         try:
-            await self.handler(rec).runtime.start(rec.id)
+            try:
+                await self.handler(rec).runtime.start(rec.id)
+            except PodlingError:
+                if self.metrics is not None:
+                    self.metrics.runtime_failures.inc("start")
+                raise
             rec.state, rec.started_ns = CT_RUNNING, time.time_ns()
             self.store.update_container(rec)
             self.deps.events.publish(Event(STARTED, rec.id, rec.pod_id, rec.started_ns))
@@ -114,6 +127,8 @@ class ContainerService:
         rec.reason = (
             "OOMKilled" if info.oom_killed else ("Completed" if info.exit_code == 0 else "Error")
         )
+        if info.oom_killed and self.metrics is not None:
+            self.metrics.ooms.inc()
         self.store.update_container(rec)
         self.deps.events.publish(Event(STOPPED, cid, rec.pod_id, rec.finished_ns))
         self._event(cid).set()

@@ -10,6 +10,7 @@ store's ingest area, so a failed pull resumes where it stopped.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from podling.image.content import ContentStore
 from podling.image.manifest import parse_config
 from podling.image.reference import Reference, parse_reference
 from podling.image.registry import Credentials, RegistryClient, Resolved
+from podling.metrics import Metrics
 from podling.services.importing import Importer
 from podling.services.unpacking import chain_ids, diff_ids_of
 
@@ -109,6 +111,7 @@ class Puller:
         self._max_downloads = max_downloads
         self._inflight: dict[str, asyncio.Task[str]] = {}
         self.progress: dict[str, PullProgress] = {}
+        self.metrics: Metrics | None = None  # set by the app: counts pulls, bytes, seconds
 
     async def pull(self, text: str, creds: Credentials | None) -> str:
         """Pull `text` and return the image id. Concurrent calls for one reference share."""
@@ -131,6 +134,7 @@ class Puller:
     async def _pull(self, ref: Reference, creds: Credentials | None) -> str:
         prog = PullProgress(reference=str(ref))
         self.progress[prog.reference] = prog
+        start = time.monotonic()
         try:
             image_id = await self._pull_steps(ref, creds, prog)
             prog.state = "done"
@@ -139,6 +143,9 @@ class Puller:
             prog.state, prog.error = "failed", str(e)
             raise
         finally:
+            if self.metrics is not None:
+                fetched = sum(lp.done for lp in prog.layers if lp.state != "exists")
+                self.metrics.pull(prog.state == "done", fetched, time.monotonic() - start)
             # keep the final state visible briefly for a progress display that polls
             asyncio.get_running_loop().call_later(5, self.progress.pop, prog.reference, None)
 

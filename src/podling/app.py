@@ -17,6 +17,7 @@ from podling.api.interceptors import LoggingErrorInterceptor
 from podling.api.runtime import RuntimeServicer
 from podling.config import Config
 from podling.daemon_lock import DaemonLock
+from podling.doctor import STARTUP_CHECKS, run_checks, system_host
 from podling.errors import PodlingError, Unavailable
 from podling.image.content import ContentStore
 from podling.image.registry import HostConfig, RegistryClient
@@ -70,6 +71,7 @@ class App:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
+        await asyncio.to_thread(_startup_checks, self.cfg)
         await self._start_metrics()  # first: a taken port fails the start before anything runs
         try:
             self.pods.deps.cni.ensure_config()
@@ -107,6 +109,13 @@ class App:
                 f"cannot serve metrics on {self.cfg.metrics.address}: {e}; "
                 "free that port or change [metrics] address"
             ) from e
+
+
+def _startup_checks(cfg: Config) -> None:
+    """The cheap `podling doctor` checks, as warnings in the log (never fatal here)."""
+    for f in run_checks(system_host(), cfg, only=STARTUP_CHECKS):
+        if f.level != "ok":
+            log.warning("doctor: %s: %s (fix: %s)", f.check, f.title, f.fix)
 
 
 def build(cfg: Config) -> App:

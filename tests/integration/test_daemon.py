@@ -116,3 +116,10 @@ def test_podlingd_config_prints_the_commented_default() -> None:
     ).stdout
     assert out.startswith("# podling configuration")
     assert 'socket = "/run/podling/podling.sock"' in out
+
+
+def test_start_logs_the_cheap_doctor_checks(tmp_path: Path) -> None:
+    d = Daemon(tmp_path, '[runtime]\nconmon = "no-such-conmon"\n').start()
+    assert d.stop() == 0
+    log = d.log.read_text()
+    assert "doctor: runtime-binaries" in log and "no-such-conmon" in log

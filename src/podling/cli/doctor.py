@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +15,8 @@ from cri_api.v1 import api_pb2_grpc as pb_grpc
 
 from podling import config as config_mod
 from podling.cli.connect import fail
-from podling.doctor import Finding, Host, has_errors, run_checks
+from podling.doctor import Finding, has_errors, run_checks, system_host
 from podling.errors import ConfigError
-from podling.oslib import cgroups
 
 _STYLE = {"error": "red", "warning": "yellow", "ok": "green"}
 
@@ -67,16 +65,7 @@ def doctor(
         cfg = config_mod.load(config_path, explicit=config_path is not None)
     except ConfigError as e:
         fail(str(e))
-    host = Host(
-        proc=Path("/proc"),
-        cgroup_root=cgroups.CGROUP_ROOT,
-        kubelet_config=kubelet_config,
-        manifests=manifests,
-        docker_root=docker_root,
-        which=shutil.which,
-        disk_free=lambda p: shutil.disk_usage(p).free,
-        podling_images=_image_lister(cfg.socket),
-    )
+    host = system_host(kubelet_config, manifests, docker_root, _image_lister(cfg.socket))
     findings = run_checks(host, cfg)
     if output == "json":
         click.echo(json.dumps([f.as_dict() for f in findings], indent=2))

@@ -7,7 +7,9 @@ the other results. Exit status policy (for the CLI): any "error" finding fails.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from podling.config import Config
 from podling.doctor.binaries import check_cni, check_runtime_binaries
@@ -22,8 +24,19 @@ from podling.doctor.kernel import (
 from podling.doctor.kubelet import check_cgroup_driver, check_runtime_endpoint, check_sandbox_image
 from podling.doctor.manifests import check_docker_socket, check_runtime_classes
 from podling.doctor.model import LEVELS, Finding, Host, Level
+from podling.oslib import cgroups
 
-__all__ = ["CHECKS", "LEVELS", "Finding", "Host", "Level", "has_errors", "run_checks"]
+__all__ = [
+    "CHECKS",
+    "LEVELS",
+    "STARTUP_CHECKS",
+    "Finding",
+    "Host",
+    "Level",
+    "has_errors",
+    "run_checks",
+    "system_host",
+]
 
 Check = Callable[[Host, Config], list[Finding]]
 
@@ -45,10 +58,45 @@ CHECKS: dict[str, Check] = {
 }
 
 
-def run_checks(host: Host, cfg: Config) -> list[Finding]:
-    """Every check's findings, in CHECKS order."""
+# The checks cheap enough for every daemon start: no round trip to the daemon, no scan of
+# manifests or of Docker's data root (the kubelet's config file is one small read).
+STARTUP_CHECKS = (
+    "cgroup-driver",
+    "runtime-binaries",
+    "overlayfs",
+    "cgroup-controllers",
+    "ip-forward",
+    "bridge-netfilter",
+    "cni",
+    "disk-space",
+)
+
+
+def system_host(
+    kubelet_config: Path = Path("/var/lib/kubelet/config.yaml"),
+    manifests: Path = Path("/etc/kubernetes/manifests"),
+    docker_root: Path = Path("/var/lib/docker"),
+    podling_images: Callable[[], list[str] | None] = lambda: None,
+) -> Host:
+    """The real node, as the checks see it."""
+    return Host(
+        proc=Path("/proc"),
+        cgroup_root=cgroups.CGROUP_ROOT,
+        kubelet_config=kubelet_config,
+        manifests=manifests,
+        docker_root=docker_root,
+        which=shutil.which,
+        disk_free=lambda p: shutil.disk_usage(p).free,
+        podling_images=podling_images,
+    )
+
+
+def run_checks(host: Host, cfg: Config, only: tuple[str, ...] = ()) -> list[Finding]:
+    """Every check's findings (or those of `only`), in CHECKS order."""
     findings: list[Finding] = []
     for name, check in CHECKS.items():
+        if only and name not in only:
+            continue
         try:
             findings.extend(check(host, cfg))
         except Exception as e:  # a doctor reports a crashed check; it never stops at one

@@ -167,46 +167,37 @@ class ContainersApi:
     async def ListContainerStats(
         self, request: pb.ListContainerStatsRequest, context: Any
     ) -> pb.ListContainerStatsResponse:
+        f = request.filter
+        flt = pb.ContainerFilter(
+            id=f.id, pod_sandbox_id=f.pod_sandbox_id, label_selector=dict(f.label_selector)
+        )
         out = []
-        flt = request.filter
         for rec in self._containers.store.containers():
-            if rec.state != CT_RUNNING and rec.state != CT_CREATED:
-                continue
-            if flt.id and not rec.id.startswith(flt.id):
-                continue
-            if flt.pod_sandbox_id and not rec.pod_id.startswith(flt.pod_sandbox_id):
-                continue
-            labels = pb.ContainerConfig.FromString(rec.config).labels
-            if any(labels.get(k) != v for k, v in flt.label_selector.items()):
+            if rec.state not in (CT_RUNNING, CT_CREATED) or not _matches(rec, flt):
                 continue
             pod = self._pods.find(rec.pod_id)
             if pod is not None:
                 out.append(self._stats.container(rec, pod))
         return pb.ListContainerStatsResponse(stats=out)
 
+    def _running(self, pod_id: str) -> list[ContainerRecord]:
+        return [c for c in self._containers.store.containers(pod_id) if c.state == CT_RUNNING]
+
     async def PodSandboxStats(
         self, request: pb.PodSandboxStatsRequest, context: Any
     ) -> pb.PodSandboxStatsResponse:
         pod = self._pods.get(request.pod_sandbox_id)
-        running = [c for c in self._containers.store.containers(pod.id) if c.state == CT_RUNNING]
-        return pb.PodSandboxStatsResponse(stats=self._stats.pod(pod, running))
+        return pb.PodSandboxStatsResponse(stats=self._stats.pod(pod, self._running(pod.id)))
 
     async def ListPodSandboxStats(
         self, request: pb.ListPodSandboxStatsRequest, context: Any
     ) -> pb.ListPodSandboxStatsResponse:
-        flt = request.filter
-        out = []
-        for pod in self._pods.list(None):
-            if flt.id and not pod.id.startswith(flt.id):
-                continue
-            labels = pb.PodSandboxConfig.FromString(pod.config).labels
-            if any(labels.get(k) != v for k, v in flt.label_selector.items()):
-                continue
-            running = [
-                c for c in self._containers.store.containers(pod.id) if c.state == CT_RUNNING
-            ]
-            out.append(self._stats.pod(pod, running))
-        return pb.ListPodSandboxStatsResponse(stats=out)
+        f = request.filter
+        flt = pb.PodSandboxFilter(id=f.id, label_selector=dict(f.label_selector))
+        pods = self._pods.list(flt)
+        return pb.ListPodSandboxStatsResponse(
+            stats=[self._stats.pod(pod, self._running(pod.id)) for pod in pods]
+        )
 
     async def GetContainerEvents(
         self, request: pb.GetEventsRequest, context: Any

@@ -18,6 +18,9 @@ class PodlingError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # the step of a multi-step operation that failed (set by services.rollback.Steps),
+        # so callers can tell a runtime failure from a bad request without reading prose
+        self.step: str | None = None
 
 
 class InvalidArgument(PodlingError):

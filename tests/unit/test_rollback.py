@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from podling.errors import Internal, NotFound
+from podling.services.container_create import RUNTIME_CREATE_STEP, is_runtime_failure
 from podling.services.rollback import Steps
 
 
@@ -66,3 +67,17 @@ async def test_cancellation_still_undoes() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert done == ["a"]
+
+
+async def test_the_failed_step_is_recorded_on_the_error() -> None:
+    with pytest.raises(NotFound) as caught:
+        async with Steps("Op") as steps, steps.step(RUNTIME_CREATE_STEP.format(handler="crun")):
+            raise NotFound("no such binary")
+    assert caught.value.step == "create the container (crun under conmon)"
+    assert is_runtime_failure(caught.value)
+    with pytest.raises(Internal) as other:
+        async with Steps("Op") as steps, steps.step("build the OCI spec"):
+            raise ValueError("bad")
+    assert other.value.step == "build the OCI spec"
+    assert not is_runtime_failure(other.value)
+    assert not is_runtime_failure(NotFound("raised outside any step"))

@@ -25,7 +25,7 @@ from typing import Any
 from cri_api.v1 import api_pb2 as pb
 from google.protobuf.json_format import MessageToDict
 
-from podling.errors import FailedPrecondition, InvalidArgument, NotFound
+from podling.errors import FailedPrecondition, InvalidArgument, NotFound, PodlingError
 from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
 from podling.runtimes.conmon import Conmon
@@ -42,6 +42,13 @@ from podling.store.metadata import ImageRecord, MetadataStore
 from podling.store.pods import CT_CREATED, CT_CREATING, ContainerRecord, PodRecord, PodStore
 
 TARGET = pb.NamespaceMode.TARGET
+# the step whose failure is the OCI runtime's (or conmon's), counted as a runtime failure
+RUNTIME_CREATE_STEP = "create the container ({handler} under conmon)"
+
+
+def is_runtime_failure(err: PodlingError) -> bool:
+    """Whether a CreateContainer error came from conmon/the runtime, not from the request."""
+    return err.step is not None and err.step.endswith(" under conmon)")
 
 
 @dataclass(frozen=True)
@@ -171,7 +178,7 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
         rec.stop_signal = result.stop_signal
         rec.mounts = [MessageToDict(m, preserving_proto_field_name=True) for m in result.mounts]
         Path(rec.log_path).parent.mkdir(parents=True, exist_ok=True)
-        async with steps.step(f"create the container ({handler.name} under conmon)"):
+        async with steps.step(RUNTIME_CREATE_STEP.format(handler=handler.name)):
             created = await handler.conmon.create(
                 cid=cid,
                 name=config.metadata.name,

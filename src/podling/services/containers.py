@@ -27,6 +27,7 @@ from podling.services import validate
 from podling.services.container_create import (
     CreateDeps,
     create_container,
+    is_runtime_failure,
     release_image_volumes,
 )
 from podling.services.events import DELETED, STARTED, STOPPED, Event
@@ -64,7 +65,7 @@ class ContainerService:
             return await create_container(self.deps, pod_id, config)
         except PodlingError as e:
             # only the conmon/runtime step counts, not bad requests (Steps names the step)
-            if self.metrics is not None and "under conmon) failed" in e.message:
+            if self.metrics is not None and is_runtime_failure(e):
                 self.metrics.runtime_failures.inc("create")
             raise
 

@@ -45,12 +45,13 @@ class Steps:
         try:
             yield
         except PodlingError as e:
-            raise type(e)(f"{self.operation}: {name} failed: {e.message}") from e
+            raise _at_step(type(e)(f"{self.operation}: {name} failed: {e.message}"), name) from e
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except Exception as e:
             log.exception("%s: %s failed", self.operation, name)
-            raise Internal(f"{self.operation}: {name} failed: {type(e).__name__}: {e}") from e
+            err = Internal(f"{self.operation}: {name} failed: {type(e).__name__}: {e}")
+            raise _at_step(err, name) from e
 
     async def __aenter__(self) -> Steps:
         return self
@@ -73,3 +74,8 @@ class Steps:
                 # keep undoing the rest: one stuck resource must not leak all the others
                 log.exception("%s: rollback step %r failed", self.operation, name)
         self._undos.clear()
+
+
+def _at_step(err: PodlingError, name: str) -> PodlingError:
+    err.step = name
+    return err

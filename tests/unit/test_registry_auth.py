@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -121,8 +120,14 @@ class FakeResp:
         self.status = status
         self._doc = doc
 
-    async def json(self, content_type: str | None = None) -> Any:
+    async def json(self) -> Any:
         return self._doc
+
+    async def __aenter__(self) -> FakeResp:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
 
 
 class FakeSession:
@@ -136,15 +141,9 @@ class FakeSession:
         status, doc = self.answers[0] if len(self.answers) == 1 else self.answers.pop(0)
         return FakeResp(status, doc)
 
-    @asynccontextmanager
-    async def get(self, url: str, **kw: Any) -> Any:
-        self.calls.append({"method": "GET", "url": url, **kw})
-        yield self._next()
-
-    @asynccontextmanager
-    async def post(self, url: str, **kw: Any) -> Any:
-        self.calls.append({"method": "POST", "url": url, **kw})
-        yield self._next()
+    async def request(self, method: str, url: str, **kw: Any) -> FakeResp:
+        self.calls.append({"method": method, "url": url, **kw})
+        return self._next()
 
 
 class Clock:
@@ -218,7 +217,7 @@ async def test_identity_token_uses_oauth2_refresh_grant() -> None:
     assert await auth.authorize(session, WHERE, CHALLENGE, creds) == "Bearer a"  # type: ignore[arg-type]
     call = session.calls[0]
     assert call["method"] == "POST"
-    form = dict(call["data"])
+    form = dict(call["form"])
     assert form["grant_type"] == "refresh_token"
     assert form["refresh_token"] == "refresh-me"
     assert form["scope"] == "repository:team/app:pull"

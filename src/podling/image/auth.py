@@ -23,14 +23,13 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from urllib.parse import urljoin
 
 from podling.errors import InvalidArgument, Unauthenticated, Unavailable
+from podling.image.http import HttpClient, HttpError, Response, origin_of
 from podling.image.registry_errors import describe
 from podling.keyedlock import KeyedLocks
-
-if TYPE_CHECKING:  # imported where used: aiohttp costs ~11 MB of RSS, a daemon may never pull
-    import aiohttp
 
 _DEFAULT_EXPIRY = 60.0
 # Renew a little before the server's deadline so a token does not expire in flight.
@@ -215,31 +214,31 @@ class Authenticator:
 
     async def get(
         self,
-        session: aiohttp.ClientSession,
+        session: HttpClient,
         where: tuple[str, str],
         url: str,
         creds: Credentials | None,
         headers: Mapping[str, str],
-    ) -> aiohttp.ClientResponse:
-        """GET `url` on endpoint `where` = (base URL, repository), answering one 401.
+        method: str = "GET",
+    ) -> Response:
+        """GET (or `method`) `url` on endpoint `where` = (base URL, repository), answering
+        one 401.
 
         Sends a cached Authorization up front when it has one. Follows redirects, but
         Authorization goes only to the original origin (blob storage elsewhere must not
         see registry credentials). Unauthenticated if the registry still refuses after
         authenticating. The caller must release the returned response.
         """
-        from yarl import URL  # aiohttp's URL type, loaded with it (see the imports)
-
         auth = self.cached_header(where, creds)
-        resp = await _follow(session, url, headers, auth)
-        if resp.status != 401 or resp.url.origin() != URL(url).origin():
+        resp = await _follow(session, url, headers, auth, method)
+        if resp.status != 401 or origin_of(resp.url) != origin_of(url):
             return resp
         challenge = resp.headers.get("WWW-Authenticate", "")
         resp.release()
         if auth is not None:
             self.forget(where, creds)  # the cached token went stale
         auth = await self.authorize(session, where, challenge, creds)
-        resp = await _follow(session, url, headers, auth)
+        resp = await _follow(session, url, headers, auth, method)
         if resp.status != 401:
             return resp
         resp.release()
@@ -253,7 +252,7 @@ class Authenticator:
 
     async def authorize(
         self,
-        session: aiohttp.ClientSession,
+        session: HttpClient,
         where: tuple[str, str],
         header: str,
         creds: Credentials | None,
@@ -295,7 +294,7 @@ class Authenticator:
 
     async def _fetch_token(
         self,
-        session: aiohttp.ClientSession,
+        session: HttpClient,
         challenge: Challenge,
         where: tuple[str, str],
         creds: Credentials,
@@ -310,7 +309,7 @@ class Authenticator:
 
     async def _new_token(
         self,
-        session: aiohttp.ClientSession,
+        session: HttpClient,
         challenge: Challenge,
         where: tuple[str, str],
         creds: Credentials,
@@ -334,14 +333,12 @@ class Authenticator:
 
     async def _token_request(
         self,
-        session: aiohttp.ClientSession,
+        session: HttpClient,
         realm: str,
         challenge: Challenge,
         scopes: tuple[str, ...],
         creds: Credentials,
     ) -> dict[str, Any]:
-        import aiohttp  # loaded already: `session` is one of its
-
         service = challenge.params.get("service", "")
         try:
             if creds.identity_token:
@@ -352,20 +349,18 @@ class Authenticator:
                     ("client_id", _CLIENT_ID),
                     ("scope", " ".join(scopes)),
                 ]
-                resp_cm = session.post(realm, data=form)
+                resp = await session.request("POST", realm, form=form)
             else:
                 query = [("service", service), *(("scope", s) for s in scopes)]
                 headers = {"Authorization": basic_header(creds)} if creds.has_basic else {}
-                resp_cm = session.get(realm, params=query, headers=headers)
-            async with resp_cm as resp:
+                resp = await session.request("GET", realm, params=query, headers=headers)
+            async with resp:
                 return await _token_answer(resp, realm, creds)
-        except (aiohttp.ClientError, TimeoutError) as e:
+        except (HttpError, TimeoutError) as e:
             raise Unavailable(f"token service {realm} unreachable: {describe(e)}") from e
 
 
-async def _token_answer(
-    resp: aiohttp.ClientResponse, realm: str, creds: Credentials
-) -> dict[str, Any]:
+async def _token_answer(resp: Response, realm: str, creds: Credentials) -> dict[str, Any]:
     if resp.status in (401, 403):
         if creds.empty:
             raise Unauthenticated(
@@ -379,7 +374,7 @@ async def _token_answer(
     if resp.status != 200:
         raise Unavailable(f"token service {realm} answered HTTP {resp.status}")
     try:
-        doc = await resp.json(content_type=None)
+        doc = await resp.json()
     except ValueError as e:
         raise Unavailable(f"token service {realm} answered with invalid JSON") from e
     if not isinstance(doc, dict):
@@ -388,20 +383,22 @@ async def _token_answer(
 
 
 async def _follow(
-    session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], auth: str | None
-) -> aiohttp.ClientResponse:
-    """GET following redirects; Authorization is sent only to the origin of `url`."""
-    from yarl import URL  # aiohttp's URL type, loaded with it (see the imports)
-
-    origin = URL(url).origin()
+    session: HttpClient,
+    url: str,
+    headers: Mapping[str, str],
+    auth: str | None,
+    method: str = "GET",
+) -> Response:
+    """`method` (GET, HEAD) following redirects; Authorization goes only to `url`'s origin."""
+    origin = origin_of(url)
     for _ in range(_MAX_REDIRECTS + 1):
         sent = dict(headers)
-        if auth is not None and URL(url).origin() == origin:
+        if auth is not None and origin_of(url) == origin:
             sent["Authorization"] = auth
-        resp = await session.get(url, headers=sent, allow_redirects=False)
+        resp = await session.request(method, url, headers=sent)
         location = resp.headers.get("Location")
         if resp.status not in _REDIRECTS or not location:
             return resp
         resp.release()
-        url = str(URL(url).join(URL(location)))
+        url = urljoin(url, location)
     raise Unavailable(f"more than {_MAX_REDIRECTS} redirects fetching {url}")

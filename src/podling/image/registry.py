@@ -27,16 +27,13 @@ from typing import TYPE_CHECKING
 from podling.errors import DataLoss, DeadlineExceeded, InvalidArgument, PodlingError, Unavailable
 from podling.image.auth import Authenticator, Credentials
 from podling.image.content import ContentStore, Ingest, digest_hex, sha256_digest
+from podling.image.http import HttpClient, HttpError, Response
 from podling.image.manifest import ACCEPT, Descriptor, Index, Manifest, parse, select_platform
 from podling.image.registry_endpoints import Endpoint, HostConfig, endpoints_for, normalize_hosts
 from podling.image.registry_errors import combined_error, describe, network_errors, status_error
 from podling.keyedlock import KeyedLocks
 
 if TYPE_CHECKING:
-    # aiohttp is imported where first used (_http): it costs ~11 MB of RSS, and a daemon
-    # whose images are all present never needs it.
-    import aiohttp
-
     from podling.image.reference import Reference
 
 __all__ = ["Credentials", "HostConfig", "ProgressFn", "RegistryClient", "Resolved"]
@@ -80,7 +77,7 @@ class RegistryClient:
         self._stall = stall_timeout
         self._connect_timeout = connect_timeout
         self._user_agent = user_agent
-        self._session: aiohttp.ClientSession | None = None
+        self._session: HttpClient | None = None
         self._auth = Authenticator()
         # serialise downloads of one digest: two writers on one ingest file would corrupt it
         self._blob_locks: KeyedLocks[str] = KeyedLocks()
@@ -90,27 +87,24 @@ class RegistryClient:
             await self._session.close()
             self._session = None
 
+    def set_hosts(self, hosts: Mapping[str, HostConfig]) -> None:
+        """Replace the per-host settings (a config reload). A resolve or blob download in
+        flight keeps the endpoints it started with; the next one uses these.
+        ConfigError (and no change) for a mirror that is not an http(s) URL."""
+        self._hosts = normalize_hosts(hosts)
+
     def endpoints(self, host: str) -> list[Endpoint]:
         """The endpoints tried for `host`, in order: mirrors, then upstream."""
         return endpoints_for(host, self._hosts.get(host, HostConfig()))
 
-    def _http(self) -> aiohttp.ClientSession:
-        # Created lazily: a ClientSession must be made inside the running loop.
+    def _http(self) -> HttpClient:
+        # Made on first use, inside the running loop. Bodies are never decoded (the client
+        # asks for "identity"): blobs must arrive byte-exact for digest checks.
         if self._session is None:
-            import aiohttp
-
-            timeout = aiohttp.ClientTimeout(
-                total=None,
-                connect=self._connect_timeout,
-                sock_connect=self._connect_timeout,
-                sock_read=self._stall,
-            )
-            self._session = aiohttp.ClientSession(
-                timeout=timeout,
-                # Blobs must arrive byte-exact for digest checks: no transparent decoding.
-                auto_decompress=False,
-                headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
-                cookie_jar=aiohttp.DummyCookieJar(),
+            self._session = HttpClient(
+                user_agent=self._user_agent,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._stall,
             )
         return self._session
 
@@ -128,6 +122,27 @@ class RegistryClient:
         for ep in self.endpoints(ref.domain):
             try:
                 return await self._resolve_at(ep, ref, creds)
+            except PodlingError as e:
+                failures.append((ep.base, e))
+        raise combined_error(str(ref), failures)
+
+    async def check_manifest(self, ref: Reference, creds: Credentials | None = None) -> str:
+        """Whether `ref`'s manifest exists, by HEAD requests alone (no manifest body, no blob).
+
+        Endpoints are tried as for `resolve` (mirrors, then upstream); returns the base URL
+        of the first that has it. Raises as `resolve` does, naming every endpoint tried.
+        """
+        target = ref.digest or ref.tag or "latest"
+        failures: list[tuple[str, PodlingError]] = []
+        for ep in self.endpoints(ref.domain):
+            url = ep.url(ref.path, "manifests", target)
+            try:
+                with network_errors(f"manifest {target}"):
+                    resp = await self._send(ep, ref.path, url, creds, {"Accept": ACCEPT}, "HEAD")
+                    async with resp:
+                        if resp.status != 200:
+                            raise await status_error(resp, f"manifest {target}")
+                return ep.base
             except PodlingError as e:
                 failures.append((ep.base, e))
         raise combined_error(str(ref), failures)
@@ -225,8 +240,6 @@ class RegistryClient:
 
     async def _download(self, job: _BlobJob) -> Path:
         """Stream the rest of the blob into job.ing and commit it; see fetch_blob."""
-        import aiohttp  # loaded already by _http
-
         ing, size = job.ing, job.desc.size
         what = f"blob {job.desc.digest} from {job.ep.base}"
         kept = "bytes kept, a retry resumes from there"
@@ -238,7 +251,7 @@ class RegistryClient:
             raise DeadlineExceeded(
                 f"{what}: no data for {self._stall:g}s; {ing.offset} of {size} {kept}"
             ) from e
-        except aiohttp.ClientError as e:
+        except HttpError as e:
             ing.close()
             raise Unavailable(
                 f"{what}: transfer failed ({describe(e)}); {ing.offset} of {size} {kept}"
@@ -258,11 +271,11 @@ class RegistryClient:
     async def _stream_blob(self, job: _BlobJob) -> None:
         async with await self._open_blob(job) as resp:
             job.report(force=True)
-            async for chunk in resp.content.iter_chunked(_CHUNK):
+            async for chunk in resp.iter_chunked(_CHUNK):
                 job.ing.write(chunk)
                 job.report()
 
-    async def _open_blob(self, job: _BlobJob) -> aiohttp.ClientResponse:
+    async def _open_blob(self, job: _BlobJob) -> Response:
         """GET the blob, resuming at ing.offset when the server honours Range.
 
         On return the response body continues exactly at job.ing.offset.
@@ -301,10 +314,11 @@ class RegistryClient:
         url: str,
         creds: Credentials | None,
         headers: Mapping[str, str],
-    ) -> aiohttp.ClientResponse:
+        method: str = "GET",
+    ) -> Response:
         # Pull credentials are for the upstream registry only; mirrors never see them.
         return await self._auth.get(
-            self._http(), (ep.base, repo), url, None if ep.mirror else creds, headers
+            self._http(), (ep.base, repo), url, None if ep.mirror else creds, headers, method
         )
 
 
@@ -328,16 +342,16 @@ class _BlobJob:
             self.progress(self.desc.digest, done, self.desc.size)
 
 
-def _range_start(resp: aiohttp.ClientResponse) -> int | None:
+def _range_start(resp: Response) -> int | None:
     m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", "").strip())
     return int(m.group(1)) if m else None
 
 
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+async def _read_capped(resp: Response, limit: int, what: str) -> bytes:
     if resp.content_length is not None and resp.content_length > limit:
         raise InvalidArgument(f"{what} is {resp.content_length} bytes; the limit is {limit}")
     buf = bytearray()
-    async for chunk in resp.content.iter_chunked(_CHUNK):
+    async for chunk in resp.iter_chunked(_CHUNK):
         buf += chunk
         if len(buf) > limit:
             raise InvalidArgument(f"{what} is larger than the {limit} byte limit")

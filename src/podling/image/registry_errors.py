@@ -22,25 +22,25 @@ from podling.errors import (
     Unavailable,
 )
 
-if TYPE_CHECKING:  # imported where used: aiohttp costs ~11 MB of RSS, a daemon may never pull
-    import aiohttp
+if TYPE_CHECKING:
+    from podling.image.http import Response
 
 __all__ = ["combined_error", "describe", "network_errors", "status_error"]
 
 _ERROR_BODY_LIMIT = 4096  # the registry's JSON error document; only its first entry is used
 
 
-async def status_error(resp: aiohttp.ClientResponse, what: str) -> PodlingError:
+async def status_error(resp: Response, what: str) -> PodlingError:
     """Map an unexpected HTTP status to an error, quoting the registry's error code.
 
     Reads at most a few KiB of the body (the distribution spec's `errors` document);
     an unreadable or non-JSON body just leaves the code out. Does not release `resp`.
     """
-    import aiohttp  # loaded already: `resp` came from it
+    from podling.image.http import HttpError
 
     detail = f"HTTP {resp.status}"
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-        body = json.loads(await resp.content.read(_ERROR_BODY_LIMIT))
+    with contextlib.suppress(HttpError, TimeoutError, ValueError, KeyError, IndexError, TypeError):
+        body = json.loads(await resp.read(_ERROR_BODY_LIMIT))
         err = body["errors"][0]
         detail += f" {err.get('code', '')}: {err.get('message', '')}".rstrip(": ")
     status = resp.status
@@ -58,22 +58,22 @@ async def status_error(resp: aiohttp.ClientResponse, what: str) -> PodlingError:
 
 
 def describe(e: BaseException) -> str:
-    """`e`'s message, or its class name when it has none (aiohttp and timeouts often don't)."""
+    """`e`'s message, or its class name when it has none (timeouts often don't)."""
     return str(e) or type(e).__name__
 
 
 @contextlib.contextmanager
 def network_errors(what: str) -> Iterator[None]:
-    """Translate aiohttp failures into podling errors naming `what`."""
-    import aiohttp  # lazily: see the module's imports
+    """Translate HTTP client failures into podling errors naming `what`."""
+    from podling.image.http import ConnectError, HttpError
 
     try:
         yield
     except TimeoutError as e:
         raise DeadlineExceeded(f"{what}: no answer in time") from e
-    except aiohttp.ClientConnectorError as e:
+    except ConnectError as e:
         raise Unavailable(f"{what}: cannot connect ({describe(e)})") from e
-    except aiohttp.ClientError as e:
+    except HttpError as e:
         raise Unavailable(f"{what}: request failed ({describe(e)})") from e
 
 

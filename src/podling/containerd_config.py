@@ -7,6 +7,9 @@ not reported: "off" is what podling does anyway, and `containerd config default`
 dozens of them. Whole sections podling has no counterpart for (other plugins, [debug],
 [metrics], ...) are reported once each rather than key by key.
 
+Go duration strings (`stream_idle_timeout`, `image_pull_progress_timeout`) become podling
+seconds (containerd_values); an invalid or out-of-range one is reported with its value.
+
 `sandbox_image` (v2) / `pinned_images.sandbox` (v3) maps to `images.pinned`: podling runs
 pods without a pause image (its infra process is built in), but containerd reported that
 image as pinned, so kubelet image GC never removed it; pinning it keeps that behaviour for
@@ -15,21 +18,20 @@ nodes (air-gapped ones above all) that pre-load it or run it as a workload.
 
 from __future__ import annotations
 
-import json
-import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from podling.config import ImagesConfig, StreamingConfig
 from podling.containerd_hosts import RegistryPlan, hosts_plans, inline_plan
+from podling.containerd_values import config_range, duration_setting, render_toml, toml_key
 from podling.errors import ConfigError, InvalidArgument
 from podling.image.reference import parse_reference
 
 _RUNC_SHIM = "io.containerd.runc.v2"
 _NO_EQUIVALENT = "no podling equivalent"
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class _Builder:
             table.setdefault(dst[-1], []).extend(v for v in value if v not in table[dst[-1]])
         else:
             table[dst[-1]] = value
-        self.mapped.append(f"{src} -> {'.'.join(_key(p) for p in dst)}")
+        self.mapped.append(f"{src} -> {'.'.join(toml_key(p) for p in dst)}")
 
     def skip(self, src: str, why: str) -> None:
         self.unmapped.append((src, why))
@@ -93,7 +95,7 @@ def import_containerd(text: str, path: Path) -> ImportResult:
             _plugins(b, v)
         elif k != "version":
             _top_level(b, k, v)
-    return ImportResult(_render(b.doc), b.mapped, b.unmapped)
+    return ImportResult(render_toml(b.doc), b.mapped, b.unmapped)
 
 
 _TOP_REASONS = {
@@ -105,7 +107,7 @@ _TOP_REASONS = {
 
 def _top_level(b: _Builder, k: str, v: Any) -> None:
     if _is_set(v):
-        b.skip(_key(k), _TOP_REASONS.get(k, _NO_EQUIVALENT))
+        b.skip(toml_key(k), _TOP_REASONS.get(k, _NO_EQUIVALENT))
 
 
 def _plugins(b: _Builder, plugins: dict[str, Any]) -> None:
@@ -218,7 +220,7 @@ def _runtime(b: _Builder, key: str, name: str, rt: dict[str, Any]) -> None:
         b.skip(
             key,
             f"runtime_type {rtype!r} is a containerd shim; podling runs OCI CLI runtimes "
-            f"(runc, crun, runsc built in) under conmon: add [runtimes.{_key(name)}] with "
+            f"(runc, crun, runsc built in) under conmon: add [runtimes.{toml_key(name)}] with "
             "the runtime's OCI binary by hand",
         )
         return
@@ -278,6 +280,27 @@ def _stream_port(b: _Builder, key: str, v: Any) -> None:
         b.skip(key, f"not a port number: {v!r}")
 
 
+def _duration(table: str, section: type[Any], name: str) -> Handler:
+    """A handler mapping a containerd Go duration ("4h0m0s") to podling's `[table] name`
+    seconds, within the range `section` (its dataclass) allows; anything else is reported."""
+    lo, hi = config_range(section, name)
+    dst = (table, name)
+
+    def handle(b: _Builder, key: str, v: Any) -> None:
+        try:
+            b.put(key, dst, duration_setting(v, lo, hi))
+        except ValueError as e:
+            b.skip(key, f"not mapped to {'.'.join(dst)}: {e}")
+
+    return handle
+
+
+# Both bound the time without a byte read: containerd's image_pull_progress_timeout cancels
+# a pull whose registry connection sends nothing for that long, as pull_stall_timeout does.
+_IDLE_TIMEOUT = _duration("streaming", StreamingConfig, "idle_timeout")
+_PULL_STALL = _duration("images", ImagesConfig, "pull_stall_timeout")
+
+
 # -- registries ---------------------------------------------------------------------------
 
 
@@ -325,6 +348,7 @@ def _apply(b: _Builder, src: str, host: str, plan: RegistryPlan) -> None:
 _STREAMING: dict[str, Handler] = {
     "stream_server_address": _stream_address,
     "stream_server_port": _stream_port,
+    "stream_idle_timeout": _IDLE_TIMEOUT,
 }
 _SECTIONS: dict[str, dict[str, Handler]] = {
     # version 2: one CRI plugin holds everything
@@ -334,6 +358,7 @@ _SECTIONS: dict[str, dict[str, Handler]] = {
         "containerd": _containerd,
         "cni": _cni,
         "registry": _registry,
+        "image_pull_progress_timeout": _PULL_STALL,
         **_STREAMING,
     },
     # version 3: split plugins (the grpc.v1.cri one keeps the server settings)
@@ -343,6 +368,7 @@ _SECTIONS: dict[str, dict[str, Handler]] = {
         "snapshotter": _snapshotter,
         "max_concurrent_downloads": _downloads,
         "registry": _registry,
+        "image_pull_progress_timeout": _PULL_STALL,
     },
     "io.containerd.transfer.v1.local": {"max_concurrent_downloads": _downloads},
 }
@@ -351,40 +377,6 @@ _SECTIONS: dict[str, dict[str, Handler]] = {
 # -- keys and rendering -------------------------------------------------------------------
 
 
-def _key(k: str) -> str:
-    return k if _BARE_KEY.match(k) else json.dumps(k)
-
-
 def _join(prefix: str, k: str) -> str:
     """`prefix` + one more key, quoted as TOML would need it (for messages)."""
-    return f"{prefix}.{_key(k)}" if prefix else _key(k)
-
-
-def _render(doc: dict[str, Any]) -> str:
-    lines: list[str] = []
-    _emit(doc, [], lines)
-    return "\n".join(lines).rstrip() + "\n" if lines else ""
-
-
-def _emit(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
-    scalars = [(k, v) for k, v in table.items() if not isinstance(v, dict)]
-    tables = [(k, v) for k, v in table.items() if isinstance(v, dict)]
-    if path and scalars:
-        lines.append("[" + ".".join(_key(p) for p in path) + "]")
-    for k, v in scalars:
-        lines.append(f"{_key(k)} = {_value(v)}")
-    if scalars:
-        lines.append("")
-    for k, v in tables:
-        _emit(v, [*path, k], lines)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    # A JSON string is a valid TOML basic string.
-    return json.dumps(str(v), ensure_ascii=False)
+    return f"{prefix}.{toml_key(k)}" if prefix else toml_key(k)

@@ -10,6 +10,7 @@ import pytest
 
 from podling import config as config_mod
 from podling.containerd_config import ImportResult, import_containerd
+from podling.containerd_values import parse_go_duration
 from podling.errors import ConfigError
 
 V2 = """
@@ -281,3 +282,70 @@ def test_cli_import_prints_toml_and_reports_on_stderr(tmp_path: Path) -> None:
     src.write_text("version = 1\n")
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1 and "containerd config migrate" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("4h0m0s", 14400),
+        ("30s", 30),
+        ("1m30s", 90),
+        ("500ms", 0.5),
+        ("1h", 3600),
+        ("1.5h", 5400),
+        ("2h45m", 9900),
+        ("100us", 1e-4),
+        ("0", 0),
+        ("-1m", -60),
+    ],
+)
+def test_go_durations_parse(text: str, seconds: float) -> None:
+    assert parse_go_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "4 hours", "30", "1d", "h", "1m 30s", "1.2.3s", "s30"])
+def test_invalid_go_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="not a Go duration"):
+        parse_go_duration(text)
+
+
+def _cri2(body: str) -> str:
+    return f'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n{body}'
+
+
+def test_durations_map_to_seconds(tmp_path: Path) -> None:
+    text = _cri2('stream_idle_timeout = "4h30m0s"\nimage_pull_progress_timeout = "1m30s"\n')
+    result = import_containerd(text, tmp_path / "c.toml")
+    assert result.unmapped == []
+    assert "stream_idle_timeout -> streaming.idle_timeout" in result.mapped[0]
+    cfg = _load(tmp_path, result)
+    assert cfg.streaming.idle_timeout == 16200
+    assert cfg.images.pull_stall_timeout == 90
+    half = _cri2('image_pull_progress_timeout = "2.5s"\n')
+    assert _load(tmp_path, import_containerd(half, tmp_path / "c")).images.pull_stall_timeout == 2.5
+
+
+def test_v3_pull_progress_timeout(tmp_path: Path) -> None:
+    images = '[plugins."io.containerd.cri.v1.images"]'
+    text = f'version = 3\n{images}\nimage_pull_progress_timeout = "5m0s"\n'
+    cfg = _load(tmp_path, import_containerd(text, tmp_path / "c.toml"))
+    assert cfg.images.pull_stall_timeout == 300
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ('"4 hours"', "'4 hours' is not a Go duration"),
+        ('"48h"', "'48h' is 172800 seconds; podling allows 1 to 86400"),
+        ('"500ms"', "'500ms' is 0.5 seconds"),
+        ('"0s"', "'0s' turns the timeout off"),
+        ('"-5m"', "'-5m' is negative"),
+        ("14400", "14400 is not a Go duration string"),
+    ],
+)
+def test_unmappable_durations_are_reported(tmp_path: Path, value: str, why: str) -> None:
+    result = import_containerd(_cri2(f"stream_idle_timeout = {value}\n"), tmp_path / "c.toml")
+    reasons = _reasons(result)
+    reason = reasons['plugins."io.containerd.grpc.v1.cri".stream_idle_timeout']
+    assert reason.startswith("not mapped to streaming.idle_timeout: ") and why in reason
+    assert _load(tmp_path, result).streaming.idle_timeout == 14400.0  # podling's default

@@ -21,12 +21,10 @@ from podling.doctor.kernel import (
     check_ip_forward,
     check_overlayfs,
 )
-from podling.doctor.kubelet import (
-    check_cgroup_driver,
-    check_runtime_endpoint,
-    check_sandbox_image,
-)
+from podling.doctor.kubelet import check_cgroup_driver, check_runtime_endpoint
 from podling.doctor.manifests import check_docker_socket, check_runtime_classes
+from podling.doctor.sandbox import check_sandbox_image
+from podling.errors import NotFound, PodlingError, Unauthenticated, Unavailable
 
 BINARIES = {"conmon": "/usr/bin/conmon", "runc": "/usr/sbin/runc"}
 
@@ -40,7 +38,8 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
     """A healthy fake node: systemd not PID 1, overlay, v1 controllers, forwarding and
-    br_netfilter on, conmon + runc installed, 50 GiB free, podlingd unreachable."""
+    br_netfilter on, conmon + runc installed, 50 GiB free, podlingd unreachable, no
+    containerd config, every registry probe answered "the manifest exists"."""
     proc = tmp_path / "proc"
     write(proc / "1" / "comm", "tini\n")
     write(proc / "filesystems", "nodev\tsysfs\n\text4\nnodev\toverlay\n")
@@ -58,6 +57,8 @@ def host(tmp_path: Path) -> Host:
         which=BINARIES.get,
         disk_free=lambda p: 50 * GIB,
         podling_images=lambda: None,
+        containerd_config=tmp_path / "containerd" / "config.toml",
+        probe_image=lambda ref: None,
     )
 
 
@@ -259,15 +260,104 @@ def test_docker_tags_ignores_digests_and_garbage() -> None:
     assert docker_tags('{"Repositories": []}') == []
 
 
-def test_sandbox_image_is_not_needed(host: Host, cfg: Config) -> None:
-    assert "needs none" in check_sandbox_image(host, cfg)[0].title
-    write(
-        host.kubelet_config.parent / "kubeadm-flags.env",
-        'KUBELET_KUBEADM_ARGS="--pod-infra-container-image=registry.k8s.io/pause:3.9"\n',
-    )
-    host = dataclasses.replace(host, podling_images=lambda: ["registry.k8s.io/pause:3.9"])
+PAUSE = "registry.k8s.io/pause:3.9"
+
+
+def kubeadm_flags(host: Host, image: str) -> Path:
+    env = host.kubelet_config.parent / "kubeadm-flags.env"
+    return write(env, f'KUBELET_KUBEADM_ARGS="--pod-infra-container-image={image}"\n')
+
+
+def pinned(cfg: Config, *refs: str) -> Config:
+    return dataclasses.replace(cfg, images=dataclasses.replace(cfg.images, pinned=list(refs)))
+
+
+def test_no_sandbox_image_is_fine(host: Host, cfg: Config) -> None:
     [f] = check_sandbox_image(host, cfg)
-    assert f.level == "ok" and "not needed" in f.title and "present locally" in f.title
+    assert f.level == "ok" and "needs none" in f.title
+
+
+def test_sandbox_image_pinned_and_pullable(host: Host, cfg: Config) -> None:
+    env = kubeadm_flags(host, PAUSE)
+    asked: list[str] = []
+
+    def probe(ref: str) -> PodlingError | None:
+        asked.append(ref)
+        return None
+
+    host = dataclasses.replace(host, podling_images=lambda: [PAUSE], probe_image=probe)
+    about, pin, pull = check_sandbox_image(host, pinned(cfg, "registry.k8s.io/pause:3.9"))
+    assert levels([about, pin, pull]) == ["ok", "ok", "ok"]
+    assert "not needed" in about.title and "present locally" in about.title
+    assert str(env) in about.title
+    assert "is pinned" in pin.title
+    assert "pullable" in pull.title and asked == [PAUSE]
+
+
+def test_unpinned_sandbox_image_gets_the_toml_line(host: Host, cfg: Config) -> None:
+    kubeadm_flags(host, PAUSE)
+    [_, pin, _] = check_sandbox_image(host, pinned(cfg, "docker.io/library/busybox:1.36"))
+    assert pin.level == "warning" and "not pinned" in pin.title
+    # the whole list, since a drop-in replaces it
+    assert 'pinned = ["docker.io/library/busybox:1.36", "registry.k8s.io/pause:3.9"]' in pin.fix
+    assert "[images]" in pin.fix
+
+
+def test_pinned_match_is_by_normalised_name(host: Host, cfg: Config) -> None:
+    write(host.kubelet_config, "podInfraContainerImage: pause:3.9\n")
+    [_, pin, _] = check_sandbox_image(host, pinned(cfg, "docker.io/library/pause:3.9"))
+    assert pin.level == "ok"
+
+
+@pytest.mark.parametrize(
+    ("error", "fix"),
+    [
+        (NotFound("image registry.k8s.io/pause:3.9 not found: HTTP 404"), "correct the name"),
+        (
+            Unavailable("pulling image failed: cannot connect"),
+            '[images.registries."registry.k8s.io"] mirrors = [',
+        ),
+        (Unauthenticated("requires credentials"), "podling load"),
+    ],
+)
+def test_unpullable_sandbox_image(host: Host, cfg: Config, error: PodlingError, fix: str) -> None:
+    kubeadm_flags(host, PAUSE)
+    host = dataclasses.replace(host, probe_image=lambda ref: error)
+    [_, _, pull] = check_sandbox_image(host, pinned(cfg, PAUSE))
+    assert pull.level == "warning" and "not pullable" in pull.title
+    assert error.message in pull.title and fix in pull.fix
+
+
+def test_offline_does_not_probe(host: Host, cfg: Config) -> None:
+    kubeadm_flags(host, PAUSE)
+    host = dataclasses.replace(host, probe_image=None)
+    [_, _, pull] = check_sandbox_image(host, pinned(cfg, PAUSE))
+    assert pull.level == "ok" and "not asked" in pull.title
+
+
+def test_sandbox_image_from_containerd_config(host: Host, cfg: Config) -> None:
+    write(
+        host.containerd_config,
+        'version = 3\n[plugins."io.containerd.cri.v1.images".pinned_images]\n'
+        'sandbox = "registry.k8s.io/pause:3.10"\n',
+    )
+    [about, pin, _] = check_sandbox_image(host, cfg)
+    assert "pause:3.10" in about.title and str(host.containerd_config) in about.title
+    assert pin.level == "warning"
+    write(host.kubelet_config, "podInfraContainerImage: registry.k8s.io/pause:3.9\n")
+    [about, _, _] = check_sandbox_image(host, cfg)  # the kubelet's wins
+    assert "pause:3.9 " in about.title and str(host.kubelet_config) in about.title
+
+
+def test_unparsable_sandbox_image(host: Host, cfg: Config) -> None:
+    kubeadm_flags(host, "Registry/UPPER:tag")
+    [f] = check_sandbox_image(host, cfg)
+    assert f.level == "warning" and "not a valid image reference" in f.title
+
+
+def test_sandbox_image_probe_stays_out_of_startup_checks() -> None:
+    assert "sandbox-image" not in doctor.STARTUP_CHECKS
+    assert "containerd-config" not in doctor.STARTUP_CHECKS
 
 
 def test_a_crashing_check_becomes_an_error(

@@ -16,6 +16,7 @@ from cri_api.v1 import api_pb2_grpc as pb_grpc
 from podling import config as config_mod
 from podling.cli.connect import fail
 from podling.doctor import Finding, has_errors, run_checks, system_host
+from podling.doctor.probe import registry_probe
 from podling.errors import ConfigError
 
 _STYLE = {"error": "red", "warning": "yellow", "ok": "green"}
@@ -50,22 +51,44 @@ _STYLE = {"error": "red", "warning": "yellow", "ok": "green"}
     show_default=True,
     help="Docker data root left by a migration",
 )
+@click.option(
+    "--containerd-config",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/containerd/config.toml"),
+    show_default=True,
+    help="containerd config left by a migration (version and ignored keys are checked)",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="ask no registry (the sandbox image's pullability is then not checked)",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 def doctor(
     config_path: Path | None,
     kubelet_config: Path,
     manifests: Path,
     docker_root: Path,
+    containerd_config: Path,
+    offline: bool,
     output: str,
 ) -> None:
     """Check this node for podling; exit status 1 when any finding is an error.
 
-    podlingd is asked for its images on the socket named in its config, when it runs."""
+    podlingd is asked for its images on the socket named in its config, when it runs; the
+    sandbox image's registry is asked for its manifest (HEAD only) unless --offline."""
     try:
         cfg = config_mod.load(config_path, explicit=config_path is not None)
     except ConfigError as e:
         fail(str(e))
-    host = system_host(kubelet_config, manifests, docker_root, _image_lister(cfg.socket))
+    host = system_host(
+        kubelet_config,
+        manifests,
+        docker_root,
+        _image_lister(cfg.socket),
+        containerd_config,
+        None if offline else registry_probe(cfg),
+    )
     findings = run_checks(host, cfg)
     if output == "json":
         click.echo(json.dumps([f.as_dict() for f in findings], indent=2))

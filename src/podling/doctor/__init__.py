@@ -13,6 +13,7 @@ from pathlib import Path
 
 from podling.config import Config
 from podling.doctor.binaries import check_cni, check_runtime_binaries
+from podling.doctor.containerd import check_containerd_config
 from podling.doctor.docker import check_docker_images
 from podling.doctor.kernel import (
     check_bridge_netfilter,
@@ -21,9 +22,11 @@ from podling.doctor.kernel import (
     check_ip_forward,
     check_overlayfs,
 )
-from podling.doctor.kubelet import check_cgroup_driver, check_runtime_endpoint, check_sandbox_image
+from podling.doctor.kubelet import check_cgroup_driver, check_runtime_endpoint
 from podling.doctor.manifests import check_docker_socket, check_runtime_classes
 from podling.doctor.model import LEVELS, Finding, Host, Level
+from podling.doctor.sandbox import check_sandbox_image
+from podling.errors import PodlingError
 from podling.oslib import cgroups
 
 __all__ = [
@@ -55,11 +58,13 @@ CHECKS: dict[str, Check] = {
     "cni": check_cni,
     "disk-space": check_disk_space,
     "docker-images": check_docker_images,
+    "containerd-config": check_containerd_config,
 }
 
 
 # The checks cheap enough for every daemon start: no round trip to the daemon, no scan of
-# manifests or of Docker's data root (the kubelet's config file is one small read).
+# manifests or of Docker's data root (the kubelet's config file is one small read), no
+# registry request (sandbox-image's probe).
 STARTUP_CHECKS = (
     "cgroup-driver",
     "runtime-binaries",
@@ -77,8 +82,11 @@ def system_host(
     manifests: Path = Path("/etc/kubernetes/manifests"),
     docker_root: Path = Path("/var/lib/docker"),
     podling_images: Callable[[], list[str] | None] = lambda: None,
+    containerd_config: Path = Path("/etc/containerd/config.toml"),
+    probe_image: Callable[[str], PodlingError | None] | None = None,
 ) -> Host:
-    """The real node, as the checks see it."""
+    """The real node, as the checks see it. Without `probe_image` no check uses the network
+    (doctor.probe.registry_probe(cfg) is the real one)."""
     return Host(
         proc=Path("/proc"),
         cgroup_root=cgroups.CGROUP_ROOT,
@@ -88,6 +96,8 @@ def system_host(
         which=shutil.which,
         disk_free=lambda p: shutil.disk_usage(p).free,
         podling_images=podling_images,
+        containerd_config=containerd_config,
+        probe_image=probe_image,
     )
 
 

@@ -10,7 +10,6 @@ from podling.doctor.manifests import offered_handlers
 from podling.doctor.model import Finding, Host, ok
 from podling.errors import PodlingError
 from podling.sandbox.cni_config import (
-    LOOPBACK,
     DefaultNetwork,
     default_config_list,
     find_config_file,
@@ -88,7 +87,7 @@ def check_cni(host: Host, cfg: Config) -> list[Finding]:
             return [Finding("error", "cni", e.message, why=_NO_NETWORK, fix=f"fix {path}")]
         source = f"CNI network {config['name']!r} from {path}"
     bin_dirs = [Path(d) for d in net.cni_bin_dirs]
-    types = dict.fromkeys(plugin_types(LOOPBACK) + plugin_types(config))
+    types = dict.fromkeys(plugin_types(config))
     missing = [t for t in types if find_plugin(t, bin_dirs) is None]
     if not missing:
         return [ok("cni", f"{source}: all plugins installed")]

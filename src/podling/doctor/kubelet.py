@@ -1,5 +1,5 @@
-"""Checks of how the kubelet is set up to talk to podling: cgroup driver, CRI endpoint,
-sandbox image."""
+"""Checks of how the kubelet is set up to talk to podling: cgroup driver, CRI endpoint.
+(Its sandbox image: doctor/sandbox.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from podling.doctor.model import (
     Host,
     kubelet_config,
     kubelet_flag,
-    normalize_ref,
     ok,
     read_text,
     unix_path,
@@ -103,27 +102,3 @@ def _kubelet_endpoint(host: Host) -> tuple[str, str] | None:
     if isinstance(value, str) and value:
         return value, str(host.kubelet_config)
     return KUBELET_DEFAULT_ENDPOINT, f"kubelet default, none set in {host.kubelet_config}"
-
-
-def check_sandbox_image(host: Host, cfg: Config) -> list[Finding]:
-    """podling needs no sandbox ("pause") image; say so when one is named, and whether it
-    is present locally (it is never pulled by this check)."""
-    named = kubelet_flag(host, "pod-infra-container-image")
-    doc = kubelet_config(host) or {}
-    if named is None and isinstance(doc.get("podInfraContainerImage"), str):
-        named = (doc["podInfraContainerImage"], host.kubelet_config)
-    if named is None:
-        return [ok("sandbox-image", "no sandbox image configured: podling needs none")]
-    image, where = named
-    have = host.podling_images()
-    presence = ""
-    if have is not None:
-        local = normalize_ref(image) in {normalize_ref(t) for t in have}
-        presence = "; it is present locally" if local else "; it is not present locally"
-    return [
-        ok(
-            "sandbox-image",
-            f"sandbox image {image} (named in {where}) is not needed: podling runs pods "
-            f"with a built-in infra process{presence}",
-        )
-    ]

@@ -12,9 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from podling.errors import InvalidArgument
+from podling.errors import InvalidArgument, PodlingError
 from podling.image.reference import parse_reference
 
 Level = Literal["error", "warning", "ok"]
@@ -41,9 +39,14 @@ class Host:
 
     proc / cgroup_root: the /proc and /sys/fs/cgroup trees; kubelet_config: the kubelet's
     KubeletConfiguration file (kubeadm-flags.env beside it is read too); manifests: a folder
-    of Kubernetes YAML manifests; docker_root: a Docker data root. which() finds a binary
+    of Kubernetes YAML manifests; docker_root: a Docker data root; containerd_config: a
+    containerd config.toml (absent on a node without containerd). which() finds a binary
     like shutil.which; disk_free() gives the free bytes of the filesystem holding a path;
     podling_images() gives the repo tags podlingd has, or None when it cannot be asked.
+    probe_image(ref) asks the image's registry (as podling would pull it: configured
+    mirrors, insecure hosts) whether the manifest exists, fetching nothing: None when it
+    does, else the error saying why not; probe_image itself is None when the network must
+    not be used (the checks then say "not checked").
     """
 
     proc: Path
@@ -54,6 +57,8 @@ class Host:
     which: Callable[[str], str | None]
     disk_free: Callable[[Path], int]
     podling_images: Callable[[], list[str] | None]
+    containerd_config: Path
+    probe_image: Callable[[str], PodlingError | None] | None
 
 
 def ok(check: str, title: str) -> Finding:
@@ -75,8 +80,8 @@ def kubelet_config(host: Host) -> dict[str, Any] | None:
     if text is None:
         return None
     try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
+        doc = _yaml().safe_load(text)
+    except _yaml().YAMLError:
         return {}
     return doc if isinstance(doc, dict) else {}
 
@@ -106,8 +111,8 @@ def manifest_docs(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         if text is None:
             continue
         try:
-            docs = list(yaml.safe_load_all(text))
-        except yaml.YAMLError:
+            docs = list(_yaml().safe_load_all(text))
+        except _yaml().YAMLError:
             continue
         for doc in docs:
             if isinstance(doc, dict):
@@ -130,3 +135,11 @@ def normalize_ref(ref: str) -> str:
         return str(parse_reference(ref))
     except InvalidArgument:
         return ref
+
+
+def _yaml() -> Any:
+    # imported on first use: the daemon runs the doctor's cheap checks at start, and PyYAML
+    # adds ~0.8 MB of RSS that a node without a kubelet config never needs
+    import yaml
+
+    return yaml

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(runc crun conmon containernetworking-plugins iptables iproute2 catatonit zstd
           busybox-static python3-venv)
-TEST_PACKAGES=(docker-registry apache2-utils runsc openssl)
+TEST_PACKAGES=(docker-registry apache2-utils runsc openssl qemu-system-x86 linux-image-amd64)
 want=("${PACKAGES[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PACKAGES[@]}")
 

@@ -122,6 +122,13 @@ class RuntimeConfig:
             "seconds StopPodSandbox gives containers before SIGKILL", ("range", (0, 3600))
         ),
     )
+    seccomp_profile_root: str = field(
+        default="/var/lib/kubelet/seccomp",
+        metadata=_doc(
+            "directory a relative seccomp Localhost profile (localhost_ref) is read from, "
+            "like the kubelet's <root-dir>/seccomp; absolute refs are used as given"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,13 @@ class Config:
     state: str = field(default="/run/podling", metadata=_doc("run state: locks, sockets"))
     socket: str = field(
         default="/run/podling/podling.sock", metadata=_doc("the CRI gRPC Unix socket")
+    )
+    socket_group: str = field(
+        default="",
+        metadata=_doc(
+            "the group (name or number) that may use the socket besides root (mode 0660); "
+            '"" keeps root\'s group'
+        ),
     )
     log: LogConfig = field(default_factory=LogConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
@@ -369,7 +383,7 @@ _DICT_EXAMPLES = {
         "# runtimes: runc, crun and runsc are built in; to add or change one:",
         "# [runtimes.runsc]",
         '# binary = "/usr/bin/runsc"',
-        '# args = ["--platform=ptrace", "--network=host"]',
+        '# args = ["--platform=ptrace", "--network=host", "--oci-seccomp", "--net-raw"]',
     ],
 }
 

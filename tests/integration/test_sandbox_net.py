@@ -219,6 +219,23 @@ def test_failed_pin_leaves_nothing(env: Env) -> None:
     assert list((env.tmp / "ns").iterdir()) == []
 
 
+def test_a_new_network_namespace_has_lo_up(env: Env) -> None:
+    p = env.pin("lo")
+    assert p.net is not None
+
+    def loopback_echo() -> bytes:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(1)
+            with socket.create_connection(server.getsockname(), timeout=2) as c:
+                conn, _ = server.accept()
+                with conn:
+                    c.sendall(b"ping")
+                    return conn.recv(4)
+
+    assert run_in_netns(p.net, loopback_echo) == b"ping"
+
+
 def test_pinning_twice_is_refused_and_keeps_the_first(env: Env) -> None:
     p = env.pin("ns")
     with pytest.raises(AlreadyExists, match="unpin them first"):

@@ -69,8 +69,10 @@ def container_config(name: str, *cmd: str, **kw: object) -> pb.ContainerConfig:
     )
 
 
-def run_pod(d: Daemon, config: pb.PodSandboxConfig) -> str:
-    return str(d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id)
+def run_pod(d: Daemon, config: pb.PodSandboxConfig, handler: str = "") -> str:
+    """Run a pod sandbox on runtime handler `handler` ("" = the daemon's default)."""
+    req = pb.RunPodSandboxRequest(config=config, runtime_handler=handler)
+    return str(d.runtime.RunPodSandbox(req).pod_sandbox_id)
 
 
 def start_container(

@@ -136,8 +136,9 @@ def test_classify() -> None:
     assert isinstance(classify("runc exec c", "cannot exec in a stopped container: not running"),
                       errors.FailedPrecondition)  # fmt: skip
     assert isinstance(classify("runc update c", "invalid memory value"), errors.Internal)
-    # a missing exec binary is not a missing container
-    assert isinstance(classify("x", 'exec: "foo": executable file not found'), errors.Internal)
+    # a missing exec binary is not a missing container, nor a runtime fault: the request's
+    err = classify("x", 'exec: "foo": executable file not found')
+    assert isinstance(err, errors.FailedPrecondition) and not isinstance(err, errors.NotFound)
 
 
 # ---- sync pipe --------------------------------------------------------------------

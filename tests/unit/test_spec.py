@@ -316,12 +316,31 @@ def test_pid_target_without_process(tmp_path: Path) -> None:
         _ns(tmp_path, pb.TARGET, None)
 
 
-def test_userns_pod_mode_refused(tmp_path: Path) -> None:
+def test_userns_pod_mode_needs_a_pod_user_namespace(tmp_path: Path) -> None:
     ns = pb.NamespaceOption(pid=pb.CONTAINER, userns_options=pb.UserNamespace(mode=pb.POD))
-    with pytest.raises(FailedPrecondition, match="user namespaces are not supported yet"):
+    with pytest.raises(FailedPrecondition, match="recreate the pod with hostUsers: false"):
         build(tmp_path, make_config(sc={"namespace_options": ns}))
     ns.userns_options.mode = pb.NODE
     build(tmp_path, make_config(sc={"namespace_options": ns}))  # host userns: fine
+
+
+def test_a_pod_user_namespace_is_joined_with_its_mappings(tmp_path: Path) -> None:
+    ids = [pb.IDMapping(container_id=0, host_id=100000, length=65536)]
+    userns = pb.UserNamespace(mode=pb.POD, uids=ids, gids=ids)
+    pod_cfg = pb.PodSandboxConfig()
+    pod_cfg.linux.security_context.namespace_options.userns_options.CopyFrom(userns)
+    namespaces = {"user": "/p/ns/user", "network": "/p/ns/net"}
+    pod = make_pod(tmp_path, config=pod_cfg, namespaces=namespaces)
+    ns = pb.NamespaceOption(pid=pb.CONTAINER, userns_options=userns)
+    spec = build(tmp_path, make_config(sc={"namespace_options": ns}), pod=pod).spec
+    assert spec["linux"]["namespaces"][1] == {"type": "user", "path": "/p/ns/user"}
+    mapping = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    assert spec["linux"]["uidMappings"] == spec["linux"]["gidMappings"] == mapping
+    # a container that leaves userns_options unset still joins its pod's
+    plain = build(tmp_path, make_config(), pod=pod).spec
+    assert {"type": "user", "path": "/p/ns/user"} in plain["linux"]["namespaces"]
+    with pytest.raises(InvalidArgument, match="privileged container cannot run"):
+        build(tmp_path, make_config(sc={"namespace_options": ns, "privileged": True}), pod=pod)
 
 
 def test_own_uts_namespace_gets_hostname() -> None:

@@ -146,12 +146,19 @@ def test_bad_mounts(tmp_path: Path, mount: pb.Mount, match: str) -> None:
     "mount",
     [
         pb.Mount(container_path="/x", host_path="/data", uidMappings=[pb.IDMapping(length=1)]),
-        pb.Mount(container_path="/x", host_path="/data", readonly=True, recursive_read_only=True),
     ],
 )
 def test_unsupported_mounts(tmp_path: Path, mount: pb.Mount) -> None:
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(FailedPrecondition, match="per-mount id mappings"):
         build(tmp_path, _mounts(mount))
+
+
+def test_recursive_read_only_adds_rro(tmp_path: Path) -> None:
+    rro = pb.Mount(container_path="/x", host_path="/data", readonly=True, recursive_read_only=True)
+    plain = pb.Mount(container_path="/y", host_path="/data", readonly=True)
+    mounts = {m["destination"]: m for m in build(tmp_path, _mounts(rro, plain)).spec["mounts"]}
+    assert mounts["/x"]["options"] == ["rbind", "rprivate", "ro", "rro"]
+    assert "rro" not in mounts["/y"]["options"]
 
 
 def _image_mount(path: str = "/img", **kw: object) -> pb.Mount:

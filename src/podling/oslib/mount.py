@@ -11,6 +11,10 @@ errno values we can turn into clear errors.
   lowerdir list exceeds. Such overlay mounts use the new mount API instead (fsopen,
   fsconfig with one "lowerdir+" per layer, fsmount, move_mount; kernel >= 6.8).
 
+- An id-mapped bind (bind_idmapped) is open_tree(OPEN_TREE_CLONE) + mount_setattr
+  (MOUNT_ATTR_IDMAP with a user namespace's fd) + move_mount: files appear owned by the
+  ids the namespace maps theirs to (host uid 0 shows as the pod's root's host uid).
+
 Errors: PermissionDenied (no CAP_SYS_ADMIN), Internal (anything else), with the errno text.
 """
 
@@ -23,7 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from podling.errors import Internal, PermissionDenied, PodlingError
+from podling.errors import FailedPrecondition, Internal, PermissionDenied, PodlingError
 
 if TYPE_CHECKING:
     from podling.snapshots.base import Mount
@@ -57,6 +61,20 @@ _FSOPEN_CLOEXEC = _FSMOUNT_CLOEXEC = 1
 _MOUNT_ATTR = {MS_RDONLY: 0x1, MS_NOSUID: 0x2, MS_NODEV: 0x4, MS_NOEXEC: 0x8}
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _AT_FDCWD = -100
+_SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442
+_OPEN_TREE_CLONE, _OPEN_TREE_CLOEXEC = 0x1, os.O_CLOEXEC
+_AT_EMPTY_PATH, _AT_RECURSIVE = 0x1000, 0x8000
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_IDMAP = 0x1, 0x100000
+
+
+class _MountAttr(ctypes.Structure):
+    # struct mount_attr (linux/mount.h)
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
 
 
 @cache
@@ -158,9 +176,45 @@ def _fsconfig(fd: int, cmd: int, key: str | None, value: str | None, what: str) 
 
 
 def unmount(target: Path, *, detach: bool = False) -> None:
-    """Unmount `target`; a no-op when nothing is mounted there (EINVAL)."""
+    """Unmount `target`; a no-op when nothing is mounted there (EINVAL) or the path does
+    not exist (ENOENT: a crash may have stopped a create before it made the mount point)."""
     ret = _libc().umount2(str(target).encode(), MNT_DETACH if detach else 0)
     if ret < 0:
         err = ctypes.get_errno()
-        if err != errno.EINVAL:
+        if err not in (errno.EINVAL, errno.ENOENT):
             raise _error(f"unmounting {target}", err)
+
+
+def bind_idmapped(source: Path, target: Path, userns: Path, *, readonly: bool = False) -> None:
+    """Bind `source` on the existing `target` through the id mapping of the user
+    namespace file `userns` (a pinned /proc/<pid>/ns/user). FailedPrecondition when the
+    filesystem of `source` cannot be id-mapped (the error names it)."""
+    what = f"id-mapped bind of {source} on {target}"
+    ns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        flags = ctypes.c_uint(_OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC)
+        path = str(source).encode()
+        tree = _check(_syscall(_SYS_OPEN_TREE, ctypes.c_int(_AT_FDCWD), path, flags), what)
+        try:
+            _set_idmap(tree, ns_fd, readonly, what, source)
+            empty, flag = b"", ctypes.c_uint(_MOVE_MOUNT_F_EMPTY_PATH)
+            args = (ctypes.c_int(tree), empty, ctypes.c_int(_AT_FDCWD), str(target).encode(), flag)
+            _check(_syscall(_SYS_MOVE_MOUNT, *args), what)
+        finally:
+            os.close(tree)
+    finally:
+        os.close(ns_fd)
+
+
+def _set_idmap(tree: int, ns_fd: int, readonly: bool, what: str, source: Path) -> None:
+    attr = _MountAttr(_MOUNT_ATTR_IDMAP | (_MOUNT_ATTR_RDONLY if readonly else 0), 0, 0, ns_fd)
+    args = (ctypes.c_int(tree), b"", ctypes.c_uint(_AT_EMPTY_PATH), ctypes.byref(attr))
+    if _syscall(_SYS_MOUNT_SETATTR, *args, ctypes.c_size_t(ctypes.sizeof(attr))) >= 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.EINVAL:
+        raise FailedPrecondition(
+            f"{what}: the filesystem of {source} cannot be id-mapped, and pods with a user "
+            "namespace need that (kernel >= 5.19 with ext4, xfs, btrfs or tmpfs)"
+        )
+    raise _error(what, err)

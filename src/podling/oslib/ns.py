@@ -83,3 +83,21 @@ def sethostname(name: str) -> None:
     """Set the hostname of the calling thread's UTS namespace."""
     raw = name.encode()
     _check(_libc().sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname({name!r})")
+
+
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def link_up(ifname: str) -> None:
+    """Set network interface `ifname` up in the calling thread's network namespace
+    (two ioctls on a socket, no `ip` process). OSError if it does not exist."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sh14x", ifname.encode(), 0)
+        flags = struct.unpack("16sh14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(
+            s.fileno(), _SIOCSIFFLAGS, struct.pack("16sh14x", ifname.encode(), flags | _IFF_UP)
+        )

@@ -33,6 +33,7 @@ import secrets
 import shutil
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from podling import errors
 from podling.runtimes.conmon_ctl import connect_attach, write_ctl
 from podling.runtimes.crilog import read_output
 from podling.runtimes.exits import ExitInfo, ExitWatcher, read_exit_file
-from podling.runtimes.oci import OciRuntime, classify, runtime_message
+from podling.runtimes.oci import OciRuntime, classify, is_bad_command, runtime_message
 from podling.runtimes.syncpipe import SyncMessage, SyncPipe
 
 __all__ = ["Conmon", "Created", "ExecResult", "ExitInfo", "ExitWatcher", "create_args", "exec_args"]
@@ -202,7 +203,10 @@ class Conmon:
         if msg.data < 0:
             await self._rollback(cid)
             text = runtime_message(msg.message or "")
-            raise errors.Internal(f"conmon create {cid}: {text or 'failed without a message'}")
+            text = f"conmon create {cid}: {text or 'failed without a message'}"
+            if is_bad_command(text):  # the config's command, not the node, is at fault
+                raise errors.FailedPrecondition(text)
+            raise errors.Internal(text)
         return Created(pid=msg.data, conmon_pid=_read_pid(bundle / "conmon.pid"))
 
     async def _create_answer(
@@ -333,6 +337,29 @@ class Conmon:
         if height < 0 or width < 0:
             raise errors.InvalidArgument(f"terminal size {height}x{width}: must not be negative")
         write_ctl(bundle, f"{CTL_RESIZE} {height} {width}\n")
+
+
+async def wait_gone(bundle: Path, timeout: float = 5.0) -> None:
+    """Wait (up to `timeout` seconds) until the conmon of `bundle` has quit. It writes the
+    bundle's `exit` file after its container is gone, so a bundle removed before that can
+    be left behind holding just that file. No conmon.pid (never created): no wait."""
+    try:
+        pid = _read_pid(bundle / "conmon.pid")
+    except errors.PodlingError:
+        return
+    deadline = time.monotonic() + timeout
+    while _is_conmon(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+def _is_conmon(pid: int) -> bool:
+    """A live (not zombie) conmon process: the pid may be reused once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    name, state = stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :][:1]
+    return name == "conmon" and state != "Z"
 
 
 def _read_pid(path: Path) -> int:

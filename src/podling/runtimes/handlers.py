@@ -3,8 +3,10 @@
 Built in (each offered when its binary is installed): `runc`; `crun`, run through a
 small wrapper on hybrid cgroup hosts (crun 1.8 refuses a unified hierarchy that lists
 controllers beside v1: the wrapper runs it in a private mount namespace with the unified
-tree unmounted); `runsc` (gVisor) with the ptrace platform and the pod's network
-namespace used as its host network (its own netstack does not start on our nodes).
+tree unmounted); `runsc` (gVisor) with the ptrace platform, the pod's network
+namespace used as its host network (its own netstack does not start on our nodes), the
+spec's seccomp profile enforced (--oci-seccomp) and CAP_NET_RAW left as the spec says
+(--net-raw); Handler.adapt_spec fits each spec to it (runtimes/gvisor.py).
 `[runtimes.NAME]` in the config adds handlers or overrides these.
 
 Vocabulary: a handler is *configured* when it is in this registry, and *ready* when its
@@ -16,20 +18,33 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from cri_api.v1 import api_pb2 as pb
 
 from podling.config import Config, HandlerConfig
 from podling.errors import FailedPrecondition, NotFound
 from podling.oslib import cgroups
 from podling.paths import Paths
+from podling.runtimes import gvisor
 from podling.runtimes.conmon import Conmon
 from podling.runtimes.oci import OciRuntime
+from podling.vmrt.kernel import SYSTEM_BOOT_DIR, SYSTEM_MODULES_DIR, unavailable_reason
 
+VMRT = "podling-vmrt"
+RUNSC_ARGS = ["--platform=ptrace", "--network=host", "--oci-seccomp", "--net-raw"]
 BUILTIN: dict[str, HandlerConfig] = {
     "runc": HandlerConfig(binary="runc"),
     "crun": HandlerConfig(binary="crun"),
-    "runsc": HandlerConfig(binary="runsc", args=["--platform=ptrace", "--network=host"]),
+    # --oci-seccomp: without it runsc ignores linux.seccomp; --net-raw: without it runsc
+    # drops CAP_NET_RAW from every container, whatever the spec grants
+    "runsc": HandlerConfig(binary="runsc", args=RUNSC_ARGS),
+    # each container in a qemu guest of its own (podling.vmrt); offered only when qemu and
+    # a guest kernel are installed
+    "vm": HandlerConfig(binary=VMRT),
 }
 
 _CRUN_WRAPPER = """#!/bin/sh
@@ -54,6 +69,28 @@ class Handler:
     # every container's process to be a child of the first one's conmon, which conmon
     # cannot wait for, so the CRI annotations that ask for them are left out.
     per_container_sandbox: bool = False
+    # what runs the containers when it is not the node's kernel: "gVisor" or "a VM"
+    own_kernel: str = ""
+
+    def adapt_spec(
+        self, spec: dict[str, Any], config: pb.ContainerConfig, pod: pb.PodSandboxConfig
+    ) -> None:
+        """Adjust `spec` (spec.py's, made for runc) to this handler in place; raises
+        FailedPrecondition naming the handler and the field for a security setting it
+        cannot honour. runc and crun need nothing; runsc and vm see runtimes/gvisor.py."""
+        if self.own_kernel == "gVisor":
+            gvisor.adapt_spec(self.name, spec, config, pod)
+        elif self.own_kernel:
+            gvisor.adapt_vm_spec(self.name, spec, pod)
+
+
+def _which(binary: str) -> str | None:
+    """`binary` on PATH; podling-vmrt also beside the running interpreter (a virtualenv's
+    bin, which a daemon started by its full path may not have on PATH)."""
+    found = shutil.which(binary)
+    if found is None and binary == VMRT:
+        found = shutil.which(binary, path=str(Path(sys.executable).parent))
+    return found
 
 
 def hybrid_cgroups(root: Path = cgroups.CGROUP_ROOT) -> bool:
@@ -77,7 +114,7 @@ class HandlerRegistry:
                 self._handlers[name] = handler
 
     def _build(self, name: str, hc: HandlerConfig, explicit: bool) -> Handler | None:
-        binary = shutil.which(hc.binary) if hc.binary else None
+        binary = _which(hc.binary) if hc.binary else None
         if binary is None and not explicit:
             return None
         root = Path(hc.root) if hc.root else self._paths.state / "runtimes" / name
@@ -91,9 +128,25 @@ class HandlerRegistry:
             reason = f"runtime binary {hc.binary or '(none)'!r} of handler {name!r} not found"
         elif shutil.which(self._conmon) is None:
             reason = f"conmon binary {self._conmon!r} not found"
-        gvisor = Path(path).name == "runsc"
+        vm = Path(path).name == VMRT
+        if vm and not reason:
+            reason = unavailable_reason(SYSTEM_BOOT_DIR, SYSTEM_MODULES_DIR)
+            if reason and not explicit:
+                return None
+        kernel = "a VM" if vm else "gVisor" if Path(path).name == "runsc" else ""
+        sandboxed = bool(kernel)  # a kernel of its own either way
         return Handler(
-            name, runtime, conmon, ready=not reason, reason=reason, per_container_sandbox=gvisor
+            name,
+            runtime,
+            conmon,
+            ready=not reason,
+            reason=reason,
+            # runc and crun join the pod's pinned user namespace and take "rro" (measured:
+            # runc 1.1.5, crun 1.8.1); runsc refuses "rro" and has its own kernel
+            user_namespaces=not sandboxed,
+            recursive_read_only_mounts=not sandboxed,
+            per_container_sandbox=sandboxed,
+            own_kernel=kernel,
         )
 
     def _crun_wrapper(self, crun: str) -> Path:
@@ -104,6 +157,14 @@ class HandlerRegistry:
         os.chmod(tmp, 0o755)
         tmp.replace(wrapper)
         return wrapper
+
+    def adopt(self, other: HandlerRegistry) -> None:
+        """Take `other`'s default and handlers (a config reload): every component that
+        holds this registry sees them from the next call on. Handler objects already
+        handed out stay valid for the calls that hold them."""
+        self.default = other.default
+        self._conmon = other._conmon
+        self._handlers = dict(other._handlers)
 
     def names(self) -> list[str]:
         return sorted(self._handlers)

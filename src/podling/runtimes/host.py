@@ -17,7 +17,14 @@ def own_capabilities(status: Path = Path("/proc/self/status")) -> frozenset[str]
     return frozenset(name for i, name in enumerate(ALL_CAPABILITIES) if mask >> i & 1)
 
 
-def host_info() -> HostInfo:
+def host_info(seccomp_profile_root: Path | None = None) -> HostInfo:
+    """This node's HostInfo; `seccomp_profile_root` is the configured directory of
+    relative seccomp Localhost profiles (None: only absolute refs are accepted)."""
     v2 = cgroups.is_v2()
     swap = v2 or (cgroups.CGROUP_ROOT / "memory" / "memory.memsw.limit_in_bytes").exists()
-    return HostInfo(capabilities=own_capabilities(), cgroup2=v2, memory_swap=swap)
+    return HostInfo(
+        capabilities=own_capabilities(),
+        cgroup2=v2,
+        memory_swap=swap,
+        seccomp_profile_root=seccomp_profile_root,
+    )

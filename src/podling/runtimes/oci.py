@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 # Words runc 1.1 (and crun) use for "no such container" and "wrong state".
 _NOT_FOUND = ("does not exist", "no such container")
+# A command the container cannot run (missing, a directory, not executable): the request
+# is wrong, not the runtime; and the container is there (NOT_FOUND would say it is gone).
+_BAD_COMMAND = ("unable to start container process: exec:", "executable file not found")
 _WRONG_STATE = (
     "not in created state",
     "not running",
@@ -71,10 +74,19 @@ def _line_message(line: str) -> str:
     return line
 
 
+def is_bad_command(message: str) -> bool:
+    """Whether a runtime failed because the process' command cannot be run (missing, a
+    directory, not executable): a mistake in the request or image, not the node's."""
+    lowered = message.lower()
+    return any(w in lowered for w in _BAD_COMMAND)
+
+
 def classify(what: str, message: str) -> errors.PodlingError:
     """Map a runtime failure message to the error class the CRI caller should see."""
     text = f"{what}: {message}"
     lowered = message.lower()
+    if is_bad_command(message):  # first: its message may quote anything
+        return errors.FailedPrecondition(text)
     if any(w in lowered for w in _NOT_FOUND):
         return errors.NotFound(text)
     if any(w in lowered for w in _WRONG_STATE):

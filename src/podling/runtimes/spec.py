@@ -32,7 +32,7 @@ from podling.runtimes import spec_mounts as mounts_
 from podling.runtimes import spec_process as process_
 from podling.runtimes import spec_resources as resources_
 from podling.runtimes import spec_security as security_
-from podling.runtimes.spec_namespaces import namespaces, own_uts
+from podling.runtimes.spec_namespaces import namespaces, own_uts, user_namespace
 from podling.runtimes.spec_types import DeviceInfo, HostInfo, PodContext, SpecResult
 
 __all__ = ["DeviceInfo", "HostInfo", "PodContext", "SpecResult", "build_spec"]
@@ -148,6 +148,9 @@ def build_spec(
     if profile:
         process["apparmorProfile"] = profile
     linux["namespaces"] = namespaces(sc, pod, target_pid, host)
+    userns = user_namespace(sc, pod)
+    if userns is not None:
+        linux.update(userns.oci())
     seccomp = security_.seccomp(sc, caps.caps, host)
     if seccomp is not None:
         linux["seccomp"] = seccomp

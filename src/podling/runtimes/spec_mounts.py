@@ -9,6 +9,8 @@ default is left out under a CRI /dev (containerd does the same).
 
 CRI mounts are binds ("rbind") of the host path with symlinks followed on the host (the
 CRI says to mount the real destination); a missing host path is the caller's error.
+`recursive_read_only` adds "rro" (runc and crun make every submount read-only too; the
+caller refuses it for a handler that cannot).
 Propagation maps PRIVATE/HOST_TO_CONTAINER/BIDIRECTIONAL to rprivate/rslave/rshared,
 and the rootfs is made rslave/rshared to match, or runc's mount would not propagate.
 SELinux relabelling is ignored (SELinux is not active on our nodes).
@@ -117,17 +119,14 @@ def is_image_volume(m: pb.Mount) -> bool:
 def _check_unsupported(index: int, m: pb.Mount) -> None:
     if m.uidMappings or m.gidMappings:
         raise FailedPrecondition(
-            f"mounts[{index}] ({m.container_path}): id-mapped mounts need user namespaces, "
-            "which are not supported yet"
+            f"mounts[{index}] ({m.container_path}): per-mount id mappings (uidMappings/"
+            "gidMappings) are not supported; in a pod with a user namespace the image layers "
+            "are id-mapped and volumes keep their host ownership"
         )
-    if m.recursive_read_only:
-        if not m.readonly or m.propagation != pb.PROPAGATION_PRIVATE:
-            raise InvalidArgument(
-                f"mounts[{index}] ({m.container_path}): recursive_read_only needs readonly "
-                "and PROPAGATION_PRIVATE"
-            )
-        raise FailedPrecondition(
-            f"mounts[{index}] ({m.container_path}): recursive read-only mounts need runc >= 1.2"
+    if m.recursive_read_only and (not m.readonly or m.propagation != pb.PROPAGATION_PRIVATE):
+        raise InvalidArgument(
+            f"mounts[{index}] ({m.container_path}): recursive_read_only needs readonly "
+            "and PROPAGATION_PRIVATE"
         )
 
 
@@ -179,6 +178,8 @@ def cri_mounts(
             raise InvalidArgument(f"mounts[{i}].propagation {m.propagation} is not known")
         readonly = m.readonly or image
         options = ["rbind", propagation, "ro" if readonly else "rw"]
+        if m.recursive_read_only:
+            options.append("rro")  # mount_setattr(AT_RECURSIVE): the submounts too
         applied = pb.Mount()
         applied.CopyFrom(m)
         applied.host_path, applied.readonly = source, readonly

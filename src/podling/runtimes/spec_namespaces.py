@@ -5,7 +5,9 @@
 - mount: always a new one.
 - pid, by NamespaceOption.pid: POD joins the pod's infra process' pid namespace,
   CONTAINER gets a new one, NODE is the host's, TARGET joins the target container's.
-- user: not supported yet; a request for a pod user namespace is refused.
+- user: the pod's pinned user namespace when the pod has one (`hostUsers: false`), with
+  its id mappings in linux.uidMappings/gidMappings; a container's userns_options must
+  agree with its pod's.
 - cgroup: a new one on cgroup v2 for unprivileged containers (as containerd does);
   on v1 the host's, since runc cannot mount a v1 hierarchy view in a new one.
 
@@ -21,8 +23,10 @@ from cri_api.v1 import api_pb2 as pb
 
 from podling.errors import FailedPrecondition, InvalidArgument
 from podling.runtimes.spec_types import HostInfo, PodContext
+from podling.sandbox.userns import UserNamespace, pod_user_namespace
 
-_POD_KINDS = ("network", "ipc", "uts")
+# the user namespace first: the others belong to it
+_POD_KINDS = ("user", "network", "ipc", "uts")
 
 
 def _pid_namespace(
@@ -51,16 +55,38 @@ def _pid_namespace(
     raise InvalidArgument(f"namespace_options.pid: unknown mode {mode}")
 
 
-def _check_userns(ns: pb.NamespaceOption) -> None:
-    if not ns.HasField("userns_options"):
-        return
-    mode = ns.userns_options.mode
-    if mode == pb.POD:
-        raise FailedPrecondition(
-            "user namespaces are not supported yet; run the pod without hostUsers: false"
+def user_namespace(sc: pb.LinuxContainerSecurityContext, pod: PodContext) -> UserNamespace | None:
+    """The pod's user namespace, which the container joins, after checking that the
+    container's userns_options (the kubelet copies the pod's) agree with it."""
+    pod_userns = pod_user_namespace(pod.config)
+    ns = sc.namespace_options
+    field = "linux.security_context.namespace_options.userns_options"
+    if ns.HasField("userns_options"):
+        mode = ns.userns_options.mode
+        if mode not in (pb.POD, pb.NODE):
+            raise InvalidArgument(f"{field}.mode must be POD or NODE")
+        if mode == pb.POD and pod_userns is None:
+            raise FailedPrecondition(
+                f"{field}: the container asks for the pod's user namespace, but pod "
+                f"{pod.sandbox_id} shares the host's; recreate the pod with hostUsers: false"
+            )
+        if mode == pb.NODE and pod_userns is not None:
+            raise InvalidArgument(
+                f"{field}: mode NODE, but pod {pod.sandbox_id} has a user namespace of its "
+                "own, which all its containers share"
+            )
+        theirs = pod.config.linux.security_context.namespace_options.userns_options
+        if mode == pb.POD and (ns.userns_options.uids, ns.userns_options.gids) != (
+            theirs.uids,
+            theirs.gids,
+        ):
+            raise InvalidArgument(f"{field}: the mappings differ from the pod's")
+    if pod_userns is not None and sc.privileged:
+        raise InvalidArgument(
+            "a privileged container cannot run in a pod with a user namespace of its own "
+            "(hostUsers: false): drop privileged or the user namespace"
         )
-    if mode != pb.NODE:
-        raise InvalidArgument("namespace_options.userns_options.mode must be POD or NODE")
+    return pod_userns
 
 
 def namespaces(
@@ -71,7 +97,7 @@ def namespaces(
 ) -> list[dict[str, Any]]:
     """The spec's linux.namespaces, in a stable order."""
     ns = sc.namespace_options
-    _check_userns(ns)
+    user_namespace(sc, pod)
     out: list[dict[str, Any]] = []
     pid = _pid_namespace(ns, pod, target_pid)
     if pid is not None:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,7 +101,31 @@ def devices(
     return nodes, rules
 
 
+# The kernel's (and runc's) accepted ranges: cpu.shares 2..262144, CFS period 1 ms..1 s,
+# a quota of at least 1 ms (-1: none). Outside them runc fails after the container exists.
+_SHARES = (2, 262144)
+_PERIOD = (1000, 1_000_000)
+_CPUSET = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
+_PAGE_SIZE = re.compile(r"[0-9]+[KMG]B")
+
+
+def _check_cpu(r: pb.LinuxContainerResources) -> None:
+    if r.cpu_shares and not _SHARES[0] <= r.cpu_shares <= _SHARES[1]:
+        raise InvalidArgument(f"cpu_shares {r.cpu_shares} is outside {_SHARES[0]}..{_SHARES[1]}")
+    if r.cpu_period and not _PERIOD[0] <= r.cpu_period <= _PERIOD[1]:
+        raise InvalidArgument(
+            f"cpu_period {r.cpu_period} is outside {_PERIOD[0]}..{_PERIOD[1]} microseconds"
+        )
+    if r.cpu_quota not in (0, -1) and r.cpu_quota < 1000:
+        raise InvalidArgument(f"cpu_quota {r.cpu_quota} must be -1 (none) or >= 1000 microseconds")
+    for name in ("cpuset_cpus", "cpuset_mems"):
+        value = getattr(r, name)
+        if value and _CPUSET.fullmatch(value) is None:
+            raise InvalidArgument(f"{name} {value!r} is not a CPU/node list such as '0-2,4'")
+
+
 def _cpu(r: pb.LinuxContainerResources) -> dict[str, Any]:
+    _check_cpu(r)
     cpu: dict[str, Any] = {}
     if r.cpu_shares:
         cpu["shares"] = r.cpu_shares
@@ -121,6 +146,7 @@ def _memory(r: pb.LinuxContainerResources, host: HostInfo) -> dict[str, Any]:
         raise InvalidArgument(
             "memory_limit_in_bytes and memory_swap_limit_in_bytes must not be negative"
         )
+
     if r.memory_limit_in_bytes:
         memory["limit"] = r.memory_limit_in_bytes
         if host.memory_swap:
@@ -133,8 +159,10 @@ def _memory(r: pb.LinuxContainerResources, host: HostInfo) -> dict[str, Any]:
 def _hugepages(r: pb.LinuxContainerResources) -> list[dict[str, Any]]:
     out = []
     for i, h in enumerate(r.hugepage_limits):
-        if not h.page_size:
-            raise InvalidArgument(f"hugepage_limits[{i}].page_size is empty")
+        if _PAGE_SIZE.fullmatch(h.page_size) is None:
+            raise InvalidArgument(
+                f"hugepage_limits[{i}].page_size {h.page_size!r} is not a size such as '2MB'"
+            )
         out.append({"pageSize": h.page_size, "limit": h.limit})
     return out
 

@@ -10,7 +10,9 @@ the defaults, "ALL" and privileged are trimmed to them, an explicit add of one t
 lacks is a FailedPrecondition (runc would fail later with EPERM).
 
 Seccomp: Unconfined or unset means none; RuntimeDefault is seccomp_default's profile;
-Localhost loads the JSON profile at localhost_ref. A privileged container gets no
+Localhost loads the JSON profile at localhost_ref: an absolute path as given, a relative
+one under HostInfo.seccomp_profile_root ([runtime] seccomp_profile_root) and never
+outside it. A privileged container gets no
 seccomp unless a Localhost profile is asked for explicitly (CRI: "seccomp restrictions
 are not applied" to privileged containers; the kubelet sends RuntimeDefault by default).
 The deprecated string fields (seccomp_profile_path, apparmor_profile) are honoured when
@@ -20,6 +22,7 @@ the message fields are unset.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,24 +148,50 @@ def _profile(sc: pb.LinuxContainerSecurityContext, kind: str) -> pb.SecurityProf
     return _legacy_profile(getattr(sc, legacy), legacy)
 
 
-def _load_localhost(ref: str) -> dict[str, Any]:
-    if not ref.startswith("/"):
-        raise InvalidArgument(f"seccomp localhost_ref {ref!r} must be an absolute path")
+ROOT_KEY = "[runtime] seccomp_profile_root"
+
+
+def localhost_path(ref: str, root: Path | None) -> Path:
+    """The file of seccomp Localhost profile `ref`: an absolute ref as given (the kubelet
+    sends its own root joined already), a relative one under `root`, symlinks resolved.
+    InvalidArgument if a relative ref escapes `root` (by "..", or a symlink pointing out)
+    or no root is configured."""
+    if not ref:
+        raise InvalidArgument("seccomp profile type Localhost needs a localhost_ref")
+    if os.path.isabs(ref):
+        return Path(ref)
+    if root is None:
+        raise InvalidArgument(
+            f"seccomp localhost_ref {ref!r} is relative but no {ROOT_KEY} is configured; "
+            "give an absolute path or set the key"
+        )
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, ref))
+    if os.path.commonpath([real, real_root]) != real_root or real == real_root:
+        raise InvalidArgument(
+            f"seccomp localhost_ref {ref!r} leaves the profile root {root} ({ROOT_KEY}); "
+            "name a profile file inside that directory"
+        )
+    return Path(real)
+
+
+def _load_localhost(ref: str, root: Path | None) -> dict[str, Any]:
+    path = localhost_path(ref, root)
     try:
-        text = Path(ref).read_text()
+        text = path.read_text()
     except FileNotFoundError as e:
         raise InvalidArgument(
-            f"seccomp profile {ref} does not exist on this node; install it there or fix "
-            "the container's seccompProfile"
+            f"seccomp profile {path} does not exist on this node (localhost_ref {ref!r}); "
+            "install it there or fix the container's seccompProfile"
         ) from e
     except OSError as e:
-        raise InvalidArgument(f"seccomp profile {ref} cannot be read: {e}") from e
+        raise InvalidArgument(f"seccomp profile {path} cannot be read: {e}") from e
     try:
         data = json.loads(text)
     except ValueError as e:
-        raise InvalidArgument(f"seccomp profile {ref} is not valid JSON: {e}") from e
+        raise InvalidArgument(f"seccomp profile {path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise InvalidArgument(f"seccomp profile {ref} must hold a JSON object")
+        raise InvalidArgument(f"seccomp profile {path} must hold a JSON object")
     return data
 
 
@@ -175,7 +204,8 @@ def seccomp(
         return None
     if prof.profile_type == pb.SecurityProfile.Localhost:
         ref = prof.localhost_ref
-        return from_docker_format(_load_localhost(ref), caps, host.machine, ref)
+        profile = _load_localhost(ref, host.seccomp_profile_root)
+        return from_docker_format(profile, caps, host.machine, ref)
     if sc.privileged:
         return None
     return default_profile(caps, host.machine)

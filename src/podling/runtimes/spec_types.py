@@ -76,7 +76,9 @@ class HostInfo:
     None means every capability the spec knows. `cgroup2`: the unified hierarchy only
     (linux.resources.unified is honoured only there). `memory_swap`: the memory cgroup
     can limit swap (v1: memory.memsw.* exists), so the swap limit is set. `machine`:
-    platform.machine(), picks the seccomp architectures.
+    platform.machine(), picks the seccomp architectures. `seccomp_profile_root`: the
+    directory a relative seccomp localhost_ref is resolved under ([runtime]
+    seccomp_profile_root); None refuses relative refs.
     """
 
     min_oom_score_adj: int = 0
@@ -88,6 +90,7 @@ class HostInfo:
     cgroup2: bool = False
     memory_swap: bool = True
     machine: str = field(default_factory=platform.machine)
+    seccomp_profile_root: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from podling.errors import AlreadyExists, Internal, InvalidArgument, NotFound
 from podling.oslib import ns
+from podling.sandbox.userns import UserNamespace
 
 T = TypeVar("T")
 
@@ -56,14 +57,15 @@ class PinnedNamespaces:
     net: Path | None
     ipc: Path | None
     uts: Path | None
+    user: Path | None = None  # only for a pod with a user namespace of its own
 
     def paths(self) -> dict[str, str]:
         """OCI namespace type -> path, for the pinned ones: {"network": ..., "ipc": ...}."""
-        found = {"network": self.net, "ipc": self.ipc, "uts": self.uts}
+        found = {"network": self.net, "ipc": self.ipc, "uts": self.uts, "user": self.user}
         return {kind: str(p) for kind, p in found.items() if p is not None}
 
     def files(self) -> list[Path]:
-        return [p for p in (self.net, self.ipc, self.uts) if p is not None]
+        return [p for p in (self.net, self.ipc, self.uts, self.user) if p is not None]
 
 
 # --- sysctls -------------------------------------------------------------------------
@@ -204,19 +206,23 @@ def pin_namespaces(
     uts: bool,
     hostname: str | None,
     sysctls: Mapping[str, str],
+    userns: UserNamespace | None = None,
 ) -> PinnedNamespaces:
     """Create the requested namespaces and pin them as <dir>/net, <dir>/ipc, <dir>/uts.
 
     `hostname` is set in the new UTS namespace (ignored without `uts`: the host's is
     shared). `sysctls` are written inside the new namespaces (checked first with
-    check_sysctls). Blocks for a fork + wait (a few ms): call it off the event loop.
+    check_sysctls). A new network namespace gets "lo" up. With `userns`, a user
+    namespace with those mappings is made first and pinned as <dir>/user; the other new
+    namespaces belong to it, so the pod's root can administer them. Blocks for a fork +
+    wait (a few ms): call it off the event loop.
     Raises InvalidArgument (bad sysctl or hostname), AlreadyExists (a pin file exists:
     unpin first), Internal. On any failure nothing is left pinned."""
     check_sysctls(sysctls, net=net, ipc=ipc)
     if uts and hostname is not None:
         _check_hostname(hostname)
     dir = Path(os.path.realpath(dir))
-    wanted = {"net": net, "ipc": ipc, "uts": uts}
+    wanted = {"net": net, "ipc": ipc, "uts": uts, "user": userns is not None}
     kinds = [k for k, on in wanted.items() if on]
     pinned = PinnedNamespaces(*(dir / k if on else None for k, on in wanted.items()))
     if not kinds:
@@ -228,7 +234,10 @@ def pin_namespaces(
         for kind in kinds:
             _create_empty(dir / kind)
             created.append(dir / kind)
-        _pin_in_child(dir, kinds, hostname if uts else None, sysctls)
+        _pin_in_child(dir, kinds, hostname if uts else None, sysctls, userns)
+        if net:
+            # what CNI's loopback plugin would do, without a plugin process (~10 ms)
+            run_in_namespace(dir / "net", ns.CLONE_NEWNET, lambda: ns.link_up("lo"))
     except BaseException:
         _unpin_files(created)
         _release_dir(dir)
@@ -246,12 +255,17 @@ def _create_empty(path: Path) -> None:
         ) from None
 
 
-# The child that creates and pins the namespaces is util-linux's unshare(1), not a forked
-# copy of the daemon: fork() of a multi-threaded Python process (grpc's threads) can crash
-# in the child (seen here: SIGSEGV), while fork+exec is safe. unshare binds each new
-# namespace onto its file itself; the shell it runs inside sets the hostname and sysctls.
+# The child that creates the namespaces is util-linux's unshare(1), not a forked copy of
+# the daemon: fork() of a multi-threaded Python process (grpc's threads) can crash in the
+# child (seen here: SIGSEGV), while fork+exec is safe. The shell it runs says "ready" once
+# the namespaces exist and waits; the daemon writes the user namespace's id maps (unshare
+# has no way to without newuidmap), bind-mounts /proc/<pid>/ns/<kind> onto each file (its
+# own --net=FILE binding fails with EPERM once a user namespace is involved, measured),
+# then says "go", and the shell sets the hostname and sysctls inside and exits.
 _SETUP = r"""
 set -u
+echo ready
+read go || exit 5
 if [ -n "$1" ]; then printf %s "$1" > /proc/sys/kernel/hostname || exit 4; fi
 shift
 while [ $# -ge 3 ]; do
@@ -262,27 +276,63 @@ while [ $# -ge 3 ]; do
   shift 3
 done
 """
-_UNSHARE_FLAG = {"net": "--net", "ipc": "--ipc", "uts": "--uts"}
+_UNSHARE_FLAG = {"net": "--net", "ipc": "--ipc", "uts": "--uts", "user": "--user"}
 
 
 def _pin_in_child(
-    dir: Path, kinds: list[str], hostname: str | None, sysctls: Mapping[str, str]
+    dir: Path,
+    kinds: list[str],
+    hostname: str | None,
+    sysctls: Mapping[str, str],
+    userns: UserNamespace | None,
 ) -> None:
-    args = ["unshare", *(f"{_UNSHARE_FLAG[k]}={dir / k}" for k in kinds), "--"]
+    args = ["unshare", *(_UNSHARE_FLAG[k] for k in kinds), "--"]
     args += ["/bin/sh", "-c", _SETUP, "pin", hostname or ""]
     for name, value in sysctls.items():
         args += [name, "/".join(_sysctl_parts(name)), value]
+    what = f"pinning the pod's namespaces in {dir}"
     try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise Internal(f"pinning the pod's namespaces in {dir}: {e}") from e
-    message = (proc.stdout + proc.stderr).strip()
+        proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    except OSError as e:
+        raise Internal(f"{what}: {e}") from e
+    with proc:
+        try:
+            _bind_from(proc, dir, kinds, userns, what)
+            out, err = proc.communicate("go\n", timeout=30)
+        except BaseException:
+            proc.kill()
+            raise
+    message = (out + err).strip()
     if proc.returncode == 3:
         raise InvalidArgument(message)
     if proc.returncode != 0:
-        raise Internal(
-            f"pinning the pod's namespaces in {dir}: unshare exited {proc.returncode}: {message}"
-        )
+        raise Internal(f"{what}: unshare exited {proc.returncode}: {message}")
+
+
+def _bind_from(
+    proc: subprocess.Popen[str],
+    dir: Path,
+    kinds: list[str],
+    userns: UserNamespace | None,
+    what: str,
+) -> None:
+    """Wait for the child's "ready", map its user namespace, pin its namespaces."""
+    assert proc.stdout is not None
+    if proc.stdout.readline() != "ready\n":
+        _, err = proc.communicate(timeout=30)
+        raise Internal(f"{what}: unshare failed: {err.strip()}")
+    step = "writing the user namespace's id maps"
+    try:
+        if userns is not None:
+            Path(f"/proc/{proc.pid}/uid_map").write_text(userns.uid_map())
+            Path(f"/proc/{proc.pid}/gid_map").write_text(userns.gid_map())
+        for kind in kinds:
+            step = f"pinning the {kind} namespace"
+            ns.mount(f"/proc/{proc.pid}/ns/{kind}", str(dir / kind), None, ns.MS_BIND, None)
+    except OSError as e:
+        raise Internal(f"{what}: {step}: {e.strerror}") from e
 
 
 def _unpin_files(files: list[Path]) -> None:

@@ -29,15 +29,17 @@ from podling.errors import FailedPrecondition, InvalidArgument, NotFound, Podlin
 from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
 from podling.runtimes.conmon import Conmon
-from podling.runtimes.handlers import HandlerRegistry
+from podling.runtimes.handlers import Handler, HandlerRegistry
 from podling.runtimes.oci import OciRuntime
 from podling.runtimes.spec import HostInfo, PodContext, build_spec
 from podling.runtimes.spec_mounts import is_image_volume
+from podling.sandbox.userns import pod_user_namespace
 from podling.services import validate
 from podling.services.events import CREATED, Event, EventBus
+from podling.services.idmapped import mount_idmapped
 from podling.services.records import find_image
 from podling.services.rollback import Steps
-from podling.snapshots.base import Snapshotter
+from podling.snapshots.base import Mount, Snapshotter
 from podling.store.metadata import ImageRecord, MetadataStore
 from podling.store.pods import CT_CREATED, CT_CREATING, ContainerRecord, PodRecord, PodStore
 
@@ -152,14 +154,15 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
         log_path=str(log_path(pod, config, bundle)),
         runtime_handler=pod.runtime_handler,
     )
+    _check_handler_features(deps.handlers.get(pod.runtime_handler), config)
     async with Steps("CreateContainer") as steps:
         async with steps.step("reserve the container name"):
             deps.store.insert_container(rec)
         steps.undo("forget the container", lambda: deps.store.delete_container(cid))
         bundle.mkdir(parents=True)
         steps.undo("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
-        await _rootfs(deps, steps, rec, image)
-        volumes = await _image_volumes(deps, steps, rec, config, vol_images)
+        await _rootfs(deps, steps, rec, image, pod)
+        volumes = await _image_volumes(deps, steps, rec, pod, config, vol_images)
         handler = deps.handlers.get(pod.runtime_handler)
         async with steps.step("build the OCI spec"):
             result = build_spec(
@@ -172,8 +175,7 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
                 host=deps.host,
                 image_volumes=volumes,
             )
-            if handler.per_container_sandbox:
-                standalone_sandbox(result.spec, pod_context(pod).config)
+            handler.adapt_spec(result.spec, config, pod_context(pod).config)
             (bundle / "config.json").write_text(json.dumps(result.spec))
         rec.stop_signal = result.stop_signal
         rec.mounts = [MessageToDict(m, preserving_proto_field_name=True) for m in result.mounts]
@@ -199,7 +201,9 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
     return cid
 
 
-async def _rootfs(deps: CreateDeps, steps: Steps, rec: ContainerRecord, image: ImageRecord) -> None:
+async def _rootfs(
+    deps: CreateDeps, steps: Steps, rec: ContainerRecord, image: ImageRecord, pod: PodRecord
+) -> None:
     parent = image.chain_ids[-1] if image.chain_ids else None
     rootfs = Path(rec.rootfs)
     async with steps.step("prepare the writable layer"):
@@ -207,15 +211,35 @@ async def _rootfs(deps: CreateDeps, steps: Steps, rec: ContainerRecord, image: I
     steps.undo("remove the writable layer", lambda: deps.snapshotter.remove(rec.snapshot))
     async with steps.step("mount the root filesystem"):
         rootfs.mkdir()
-        for m in deps.snapshotter.mounts(rec.snapshot):
-            await asyncio.to_thread(mount, m, rootfs)
+        await _mount_all(deps, pod, deps.snapshotter.mounts(rec.snapshot), rootfs, "rootfs")
     steps.undo("unmount the root filesystem", lambda: unmount(rootfs, detach=True))
+
+
+async def _mount_all(
+    deps: CreateDeps, pod: PodRecord, mounts: list[Mount], target: Path, scratch: str
+) -> None:
+    """Mount snapshot `mounts` on `target`; id-mapped for a pod with a user namespace
+    (`scratch`: a name for the temporary dir of layer binds, beside `target`)."""
+    userns = pod_user_namespace(pb.PodSandboxConfig.FromString(pod.config))
+    if userns is None:
+        for m in mounts:
+            await asyncio.to_thread(mount, m, target)
+        return
+    if deps.snapshotter.name != "overlayfs":
+        raise FailedPrecondition(
+            f"pod {pod.id} has a user namespace of its own, whose containers need the "
+            f"overlayfs snapshotter (id-mapped layers); this node uses {deps.snapshotter.name}"
+        )
+    userns_file = Path(pod.namespaces["user"])
+    scratch_dir = target.parent / f".idmap-{scratch}"
+    await asyncio.to_thread(mount_idmapped, mounts, target, userns_file, scratch_dir, userns.root())
 
 
 async def _image_volumes(
     deps: CreateDeps,
     steps: Steps,
     rec: ContainerRecord,
+    pod: PodRecord,
     config: pb.ContainerConfig,
     images: dict[int, ImageRecord],
 ) -> dict[int, str]:
@@ -229,11 +253,19 @@ async def _image_volumes(
         steps.undo(f"remove image volume {key}", partial(deps.snapshotter.remove, key))
         async with steps.step(f"mount the image volume for mounts[{i}]"):
             target.mkdir(parents=True)
-            for m in views:
-                await asyncio.to_thread(mount, m, target)
+            await _mount_all(deps, pod, views, target, str(i))
         steps.undo(f"unmount {target}", partial(unmount, target, detach=True))
         out[i] = sub_path(target, config.mounts[i], i)
     return out
+
+
+def _check_handler_features(handler: Handler, config: pb.ContainerConfig) -> None:
+    for i, m in enumerate(config.mounts):
+        if m.recursive_read_only and not handler.recursive_read_only_mounts:
+            raise FailedPrecondition(
+                f"mounts[{i}] ({m.container_path}): runtime handler {handler.name!r} cannot "
+                "make recursive read-only mounts; use runc or crun, or drop recursive_read_only"
+            )
 
 
 def image_volume_key(cid: str, index: int) -> str:
@@ -290,16 +322,6 @@ def _target_pid(store: PodStore, pod: PodRecord, config: pb.ContainerConfig) -> 
             f"container of pod {pod.id}"
         )
     return target.pid
-
-
-def standalone_sandbox(spec: dict[str, Any], pod: pb.PodSandboxConfig) -> None:
-    """Drop the annotations with which gVisor would join the container to a pod sandbox,
-    and give it the pod's hostname (its kernel does not join the pod's UTS namespace)."""
-    annotations = spec.get("annotations", {})
-    for key in ("io.kubernetes.cri.container-type", "io.kubernetes.cri.sandbox-id"):
-        annotations.pop(key, None)
-    if pod.linux.security_context.namespace_options.network != pb.NamespaceMode.NODE:
-        spec["hostname"] = pod.hostname or pod.metadata.name
 
 
 def spec_of(rec: ContainerRecord) -> dict[str, Any]:

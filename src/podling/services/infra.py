@@ -13,17 +13,39 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cri_api.v1 import api_pb2 as pb
+
 from podling.errors import FailedPrecondition
 from podling.paths import Paths
+from podling.runtimes import conmon
 from podling.runtimes.handlers import HandlerRegistry
+from podling.sandbox.userns import UserNamespace, pod_user_namespace
 from podling.store.pods import PodRecord
 
 
 def infra_spec(
-    rootfs: Path, namespaces: dict[str, str], cgroup: str, sandbox_id: str
+    rootfs: Path,
+    namespaces: dict[str, str],
+    cgroup: str,
+    sandbox_id: str,
+    userns: UserNamespace | None = None,
 ) -> dict[str, Any]:
+    """The infra container's config.json; with `userns` it joins the pod's user
+    namespace (namespaces["user"]) with those id mappings, and gets a tmpfs on /dev in
+    which runc makes the device files (the pod's root may not write to the rootfs)."""
     ns: list[dict[str, str]] = [{"type": "pid"}, {"type": "mount"}]
     ns += [{"type": kind, "path": path} for kind, path in sorted(namespaces.items())]
+    spec = _base_spec(rootfs, ns, cgroup, sandbox_id)
+    if userns is not None:
+        spec["linux"].update(userns.oci())
+        dev = {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}
+        spec["mounts"].append({**dev, "options": ["nosuid", "mode=755", "size=64k"]})
+    return spec
+
+
+def _base_spec(
+    rootfs: Path, ns: list[dict[str, str]], cgroup: str, sandbox_id: str
+) -> dict[str, Any]:
     return {
         "ociVersion": "1.0.2-dev",
         "process": {
@@ -78,7 +100,8 @@ class InfraRunner:
         bundle = self._paths.bundle(infra_id)
         bundle.mkdir(parents=True, exist_ok=True)
         cgroup = f"{pod.cgroup_parent}/{infra_id}"
-        spec = infra_spec(self._rootfs(), pod.namespaces, cgroup, pod.id)
+        userns = pod_user_namespace(pb.PodSandboxConfig.FromString(pod.config))
+        spec = infra_spec(self._rootfs(), pod.namespaces, cgroup, pod.id, userns)
         (bundle / "config.json").write_text(json.dumps(spec))
         handler = self._handlers.get(pod.runtime_handler)
         created = await handler.conmon.create(
@@ -103,5 +126,6 @@ class InfraRunner:
         await runtime.kill(pod.infra_id, 9, all_processes=True)
         await runtime.wait_stopped(pod.infra_id, 10)
         await runtime.delete(pod.infra_id, force=True)
+        await conmon.wait_gone(self._paths.bundle(pod.infra_id))
         shutil.rmtree(self._paths.bundle(pod.infra_id), ignore_errors=True)
         (self._paths.exits / pod.infra_id).unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """RunPodSandbox, step by step, each step with its undo (see rollback.py).
 
 1. validate, reserve the name (record in state "creating": the intent, before any side effect)
-2. pin the pod's network, IPC and UTS namespaces (hostname, namespaced sysctls inside)
+2. pin the pod's network, IPC and UTS namespaces (hostname, namespaced sysctls inside),
+   and its user namespace when it asks for one (hostUsers: false)
 3. create the pod cgroup (pod-level limits when given)
 4. CNI ADD (not for host network), with the port mappings
 5. write hostname, resolv.conf and hosts; mount the pod's /dev/shm
@@ -22,13 +23,16 @@ from pathlib import Path
 from cri_api.v1 import api_pb2 as pb
 
 from podling.config import Config
+from podling.errors import FailedPrecondition
 from podling.oslib import cgroups
 from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
+from podling.runtimes import gvisor
 from podling.runtimes.handlers import HandlerRegistry
 from podling.sandbox.cni import CniManager
 from podling.sandbox.files import DnsSpec, write_pod_files
 from podling.sandbox.namespaces import PinnedNamespaces, check_sysctls, pin_namespaces, unpin
+from podling.sandbox.userns import UserNamespace, check_searchable, pod_user_namespace
 from podling.services import validate
 from podling.services.events import CREATED, STARTED, Event, EventBus
 from podling.services.infra import InfraRunner
@@ -72,6 +76,9 @@ async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -
     opts = ns_options(config)
     host_net, host_ipc = opts.network == NODE, opts.ipc == NODE
     check_sysctls(dict(config.linux.sysctls), net=not host_net, ipc=not host_ipc)
+    userns = _user_namespace(deps, config, handler)
+    if deps.handlers.get(handler).own_kernel:
+        gvisor.check_pod(handler, opts, deps.handlers.get(handler).own_kernel)
     mappings = validate.port_mappings(config)
     pod_id = secrets.token_hex(32)
     rec = PodRecord(
@@ -91,7 +98,7 @@ async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -
         pod_dir = Path(rec.pod_dir)
         pod_dir.mkdir(parents=True)
         steps.undo("remove the pod dir", lambda: shutil.rmtree(pod_dir, ignore_errors=True))
-        await _namespaces(steps, rec, config, host_net, host_ipc)
+        await _namespaces(steps, rec, config, host_net, host_ipc, userns)
         await _cgroup(steps, rec, config)
         if not host_net:
             async with steps.step("CNI ADD"):
@@ -120,8 +127,30 @@ async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -
     return pod_id
 
 
+def _user_namespace(
+    deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str
+) -> UserNamespace | None:
+    userns = pod_user_namespace(config)
+    if userns is None:
+        return None
+    if not deps.handlers.get(handler).user_namespaces:
+        supported = [h.name for h in deps.handlers.all() if h.user_namespaces and h.ready]
+        raise FailedPrecondition(
+            f"runtime handler {handler!r} cannot run pods with a user namespace of their own "
+            f"(hostUsers: false); handlers that can: {', '.join(supported) or 'none'}"
+        )
+    for d in (deps.paths.pods, deps.paths.containers, deps.paths.infra_rootfs):
+        check_searchable(d)
+    return userns
+
+
 async def _namespaces(
-    steps: Steps, rec: PodRecord, config: pb.PodSandboxConfig, host_net: bool, host_ipc: bool
+    steps: Steps,
+    rec: PodRecord,
+    config: pb.PodSandboxConfig,
+    host_net: bool,
+    host_ipc: bool,
+    userns: UserNamespace | None,
 ) -> None:
     pod_dir = Path(rec.pod_dir)
     async with steps.step("pin namespaces"):
@@ -133,6 +162,7 @@ async def _namespaces(
             uts=not host_net,
             hostname=config.hostname or None,
             sysctls=dict(config.linux.sysctls),
+            userns=userns,
         )
     steps.undo("unpin namespaces", lambda: unpin(pinned))
     rec.namespaces = pinned.paths()
@@ -202,4 +232,5 @@ def pinned_of(rec: PodRecord) -> PinnedNamespaces:
         net=Path(ns["network"]) if "network" in ns else None,
         ipc=Path(ns["ipc"]) if "ipc" in ns else None,
         uts=Path(ns["uts"]) if "uts" in ns else None,
+        user=Path(ns["user"]) if "user" in ns else None,
     )

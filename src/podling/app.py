@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from cri_api.v1 import api_pb2_grpc as pb_grpc
 
+from podling import log as log_mod
+from podling import reload as reload_mod
 from podling.api.admin import AdminServicer
 from podling.api.images import ImageServicer
 from podling.api.interceptors import LoggingErrorInterceptor
@@ -18,9 +22,10 @@ from podling.api.runtime import RuntimeServicer
 from podling.config import Config
 from podling.daemon_lock import DaemonLock
 from podling.doctor import STARTUP_CHECKS, run_checks, system_host
-from podling.errors import PodlingError, Unavailable
+from podling.errors import ConfigError, PodlingError, Unavailable
 from podling.image.content import ContentStore
 from podling.image.registry import HostConfig, RegistryClient
+from podling.image.registry_endpoints import normalize_hosts
 from podling.metrics import Metrics
 from podling.metrics_http import MetricsServer
 from podling.paths import Paths
@@ -68,7 +73,9 @@ class App:
     server: grpc.aio.Server
     streaming: StreamingServer
     metrics_server: MetricsServer | None = None
+    runtime_api: RuntimeServicer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> None:
         await asyncio.to_thread(_startup_checks, self.cfg)
@@ -99,6 +106,49 @@ class App:
         self.paths.socket.unlink(missing_ok=True)
         self.lock.release()
 
+    async def reload(self, load: Callable[[], Config]) -> reload_mod.ReloadPlan | None:
+        """Re-read the config with `load` and apply what can change live (see reload.py);
+        every other changed key is named in a warning. A config that does not load or
+        validate is logged as an error and changes nothing. Reloads run one at a time;
+        RPCs in flight are not waited for and keep the settings they started with."""
+        async with self._reloading:
+            try:
+                new = await asyncio.to_thread(load)
+                plan = reload_mod.plan(self.cfg, new, self._handlers_in_use())
+                hosts, handlers = await asyncio.to_thread(self._prepare, plan.effective)
+            except (ConfigError, PodlingError, OSError) as e:
+                msg = e.message if isinstance(e, PodlingError) else str(e)
+                log.error("config reload failed: %s; the previous config stays in effect", msg)
+                return None
+            self._commit(plan, hosts, handlers)
+            return plan
+
+    def _handlers_in_use(self) -> set[str]:
+        store = self.containers.store
+        names = {p.runtime_handler for p in store.pods()}
+        return names | {c.runtime_handler for c in store.containers()}
+
+    def _prepare(self, cfg: Config) -> tuple[dict[str, HostConfig], HandlerRegistry]:
+        """Everything of a reload that can fail, built before anything is changed."""
+        hosts = registry_hosts(cfg)
+        normalize_hosts(hosts)  # ConfigError for a mirror that is no URL
+        return hosts, HandlerRegistry(cfg, self.paths)
+
+    def _commit(
+        self, plan: reload_mod.ReloadPlan, hosts: dict[str, HostConfig], handlers: HandlerRegistry
+    ) -> None:
+        """Apply a prepared reload; nothing here can fail half-way."""
+        eff = plan.effective
+        if plan.changed("log"):
+            log_mod.setup(eff.log.level, eff.log.format)
+        self.registry.set_hosts(hosts)
+        self.images.puller.set_max_downloads(eff.images.max_concurrent_downloads)
+        self.pods.deps.handlers.adopt(handlers)
+        self.cfg = eff
+        if self.runtime_api is not None:
+            self.runtime_api.set_config(eff)
+        _log_plan(plan, handlers)
+
     async def _start_metrics(self) -> None:
         if self.metrics_server is None:
             return
@@ -109,6 +159,36 @@ class App:
                 f"cannot serve metrics on {self.cfg.metrics.address}: {e}; "
                 "free that port or change [metrics] address"
             ) from e
+
+
+def _log_plan(plan: reload_mod.ReloadPlan, handlers: HandlerRegistry) -> None:
+    for key in plan.restart:
+        log.warning("config key %s changed; restart podlingd to apply", key)
+    for name in plan.kept_handlers:
+        log.warning(
+            "runtime handler %s is still used by pods or containers: it keeps its old "
+            "definition (its removal or new root waits); reload again once they are removed",
+            name,
+        )
+    if plan.effective.default_runtime not in handlers.names():
+        log.warning(
+            "default_runtime %r is not a configured handler: pods that name no handler "
+            "cannot run; configured: %s",
+            plan.effective.default_runtime,
+            ", ".join(handlers.names()),
+        )
+    log.info(
+        "config reloaded",
+        extra={"applied": ",".join(plan.applied) or "-", "restart": ",".join(plan.restart) or "-"},
+    )
+
+
+def registry_hosts(cfg: Config) -> dict[str, HostConfig]:
+    """[images.registries.*] as the registry client's per-host settings."""
+    return {
+        host: HostConfig(tuple(r.mirrors), r.insecure, r.skip_upstream)
+        for host, r in cfg.images.registries.items()
+    }
 
 
 def _startup_checks(cfg: Config) -> None:
@@ -135,11 +215,7 @@ def _images(
     cfg: Config, store: MetadataStore, snapshotter: Snapshotter, paths: Paths
 ) -> tuple[RegistryClient, ImageService]:
     content = ContentStore(paths.content)
-    hosts = {
-        host: HostConfig(tuple(r.mirrors), r.insecure, r.skip_upstream)
-        for host, r in cfg.images.registries.items()
-    }
-    registry = RegistryClient(hosts, stall_timeout=cfg.images.pull_stall_timeout)
+    registry = RegistryClient(registry_hosts(cfg), stall_timeout=cfg.images.pull_stall_timeout)
     unpacker = LayerUnpacker(snapshotter, cfg.images.max_layer_size)
     importer = Importer(unpacker, ImageRecorder(store), store.chain_in_use)
     puller = Puller(registry, content, importer, cfg.images.max_concurrent_downloads)
@@ -153,8 +229,9 @@ def _runtime(
     pod_store = PodStore(store)
     handlers = HandlerRegistry(cfg, paths)
     conmon = handlers.lookup("").conmon  # the default handler's: exit files are conmon's
+    host = host_info(Path(cfg.runtime.seccomp_profile_root))
     containers = ContainerService(
-        CreateDeps(paths, pod_store, store, snapshotter, conmon, events, host_info(), handlers)
+        CreateDeps(paths, pod_store, store, snapshotter, conmon, events, host, handlers)
     )
     cni = CniManager(
         Path(cfg.network.cni_conf_dir),
@@ -196,11 +273,14 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
     pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(images, paths.snapshots), server)
     server.add_generic_rpc_handlers([AdminServicer(images).handler()])
     # grpc binds the socket here: make it 0660 from birth, so no other user can ever connect
+    gid = socket_gid(cfg.socket_group) if cfg.socket_group else None  # before binding
     old = os.umask(0o117)
     try:
         server.add_insecure_port(f"unix://{paths.socket}")
     finally:
         os.umask(old)
+    if gid is not None:
+        os.chown(paths.socket, -1, gid)
     return App(
         cfg,
         paths,
@@ -213,4 +293,17 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
         server,
         streaming,
         metrics_server,
+        runtime_api,
     )
+
+
+def socket_gid(group: str) -> int:
+    """The gid of `socket_group` (a name or a number); ConfigError for an unknown name."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(
+            f"socket_group {group!r}: no such group on this node; create it or name another"
+        ) from None

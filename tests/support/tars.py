@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zstandard
 
-from podling.errors import DataLoss, UnsafeContent
+from podling.errors import DataLoss, FailedPrecondition, UnsafeContent
 
 MTIME = 1_600_000_000
 
@@ -46,8 +46,8 @@ class TarBuilder:
     def dir(self, name: str, mode: int = 0o755, **kw: object) -> TarBuilder:
         return self._add(self._info(name, tarfile.DIRTYPE, mode, **kw))
 
-    def symlink(self, name: str, target: str) -> TarBuilder:
-        return self._add(self._info(name, tarfile.SYMTYPE, 0o777, linkname=target))
+    def symlink(self, name: str, target: str, **kw: object) -> TarBuilder:
+        return self._add(self._info(name, tarfile.SYMTYPE, 0o777, linkname=target, **kw))
 
     def hardlink(self, name: str, target: str) -> TarBuilder:
         return self._add(self._info(name, tarfile.LNKTYPE, 0o644, linkname=target))
@@ -411,7 +411,11 @@ HOSTILE: list[Hostile] = [
         UnsafeContent,
         media_type="application/vnd.oci.image.layer.v1.tar+gzip",
         max_bytes=10 << 20,
-        check=lambda box: os.path.getsize(box / "dest/zeros") <= 11 << 20,
+        # refused before writing (the entry declares 50 MB) or cut off by the stream meter
+        check=lambda box: (
+            not os.path.lexists(box / "dest/zeros")
+            or os.path.getsize(box / "dest/zeros") <= 11 << 20
+        ),
     ),
     Hostile(
         "truncated-in-content",
@@ -445,6 +449,126 @@ HOSTILE: list[Hostile] = [
         media_type="application/vnd.oci.image.layer.v1.tar+zstd",
     ),
 ]
+
+
+def _sparse_bomb(box: Path) -> bytes:
+    """A PAX (GNU 0.1) sparse entry: 10 data bytes that expand to 200 MiB of zeros."""
+    sparse = {
+        "GNU.sparse.map": "0,10",
+        "GNU.sparse.size": str(200 << 20),
+        "GNU.sparse.numblocks": "1",
+    }
+    return _tar(lambda b: b.file("sparse", b"x" * 10, pax_headers=sparse))
+
+
+def _no_xattr(rel: str, name: str) -> Callable[[Path], bool]:
+    def check(box: Path) -> bool:
+        try:
+            os.getxattr(box / rel, name)
+        except OSError:
+            return True
+        return False
+
+    return check
+
+
+def _is(kind: Callable[[int], bool], rel: str) -> Callable[[Path], bool]:
+    return lambda box: os.path.lexists(box / rel) and kind(os.lstat(box / rel).st_mode)
+
+
+# Cases added for the hostile-input suite (issue 6): metadata changes aimed at host files
+# through symlinks, whiteout tricks on symlinks, a symlinked parent replaced later in the
+# same layer, and a sparse-file size bomb.
+HOSTILE_EXTRA: list[Hostile] = [
+    Hostile(
+        "file-over-lower-symlink-to-host-file",
+        lambda box: _tar(lambda b: b.file("link", b"new", mode=0o4777, uid=1234, mtime=1)),
+        None,
+        lower=_symlink_to("{box}/sentinel/keep"),
+        check=lambda box: (box / "dest/link").read_bytes() == b"new",
+    ),
+    Hostile(
+        "dir-over-lower-symlink-to-host-dir",
+        lambda box: _tar(lambda b: b.dir("link", mode=0o777, uid=1234, mtime=1)),
+        None,
+        lower=_symlink_to("{box}/sentinel"),
+        check=_is(stat.S_ISDIR, "dest/link"),
+    ),
+    Hostile(
+        "xattr-on-symlink-to-host-file",
+        lambda box: _tar(
+            lambda b: b.symlink(
+                "link", f"{box}/sentinel/keep", pax_headers={"SCHILY.xattr.user.pwn": "1"}
+            )
+        ),
+        FailedPrecondition,
+        check=_no_xattr("sentinel/keep", "user.pwn"),
+    ),
+    Hostile(
+        "mtime-on-symlink-to-host-file",
+        lambda box: _tar(lambda b: b.symlink("link", f"{box}/sentinel/keep", mtime=1)),
+        None,
+        check=_is(stat.S_ISLNK, "dest/link"),
+    ),
+    Hostile(
+        "hardlink-to-symlink-to-host-file",
+        lambda box: _tar(
+            lambda b: b.symlink("l", f"{box}/sentinel/keep").hardlink("h", "l").file("h", b"x")
+        ),
+        None,
+        check=lambda box: (box / "dest/h").read_bytes() == b"x",
+    ),
+    Hostile(
+        "opaque-on-symlink-same-layer",
+        lambda box: _tar(lambda b: b.symlink("link", f"{box}/sentinel").opaque("link")),
+        None,
+        check=_is(stat.S_ISLNK, "dest/link"),
+    ),
+    Hostile(
+        "whiteout-of-symlink-removes-the-link-only",
+        lambda box: _tar(lambda b: b.whiteout("link")),
+        None,
+        lower=_symlink_to("{box}/sentinel"),
+        # native: deleted; overlay: a 0/0 char device (whiteout) in its place
+        check=lambda box: (
+            not os.path.lexists(box / "dest/link") or _is(stat.S_ISCHR, "dest/link")(box)
+        ),
+    ),
+    Hostile(
+        "whiteout-under-symlink-to-host-dir-same-layer",
+        lambda box: _tar(lambda b: b.symlink("link", f"{box}/sentinel").whiteout("link/keep")),
+        None,
+        check=_is(stat.S_ISLNK, "dest/link"),
+    ),
+    Hostile(
+        "symlinked-parent-replaced-by-dir-later",
+        lambda box: _tar(
+            lambda b: b.symlink("d", f"{box}/escape").file("d/f").dir("d").file("d/g", b"g")
+        ),
+        None,
+        check=lambda box: (
+            _is(stat.S_ISDIR, "dest/d")(box)
+            and (box / "dest/d/g").read_bytes() == b"g"
+            and _inside("{box}/escape/f")(box)
+        ),
+    ),
+    Hostile(
+        "symlink-empty-target",
+        lambda box: _tar(lambda b: b.symlink("l", "")),
+        UnsafeContent,
+    ),
+    Hostile(
+        "sparse-file-bomb",
+        _sparse_bomb,
+        UnsafeContent,
+        max_bytes=10 << 20,
+        check=lambda box: (
+            not os.path.lexists(box / "dest/sparse")
+            or os.path.getsize(box / "dest/sparse") <= 10 << 20
+        ),
+    ),
+]
+HOSTILE.extend(HOSTILE_EXTRA)
 
 
 def tree_state(root: Path, skip: Path) -> dict[str, tuple[int, int, int, bytes]]:

@@ -75,3 +75,20 @@ def test_bad_digest_strings_are_rejected(tmp_path: Path) -> None:
     for bad in ("md5:abc", "sha256:XYZ", "sha256:" + "a" * 63, "../../etc/passwd"):
         with pytest.raises(InvalidArgument):
             store.path(bad)
+
+
+def test_abandoned_partial_downloads_are_pruned(tmp_path: Path) -> None:
+    import os
+
+    store = ContentStore(tmp_path)
+    old = store.ingest("sha256:" + "a" * 64, 10)
+    old.write(b"abc")
+    old.close()
+    fresh = store.ingest("sha256:" + "b" * 64, 10)
+    fresh.write(b"abc")
+    fresh.close()
+    os.utime(old.path, (1000.0, 1000.0))
+    now = fresh.path.stat().st_mtime + 10
+    assert store.prune_ingests(3600, now) == ["a" * 64]
+    assert not old.path.exists() and fresh.path.exists()
+    assert store.prune_ingests(3600, now) == []

@@ -81,3 +81,16 @@ async def test_the_failed_step_is_recorded_on_the_error() -> None:
     assert other.value.step == "build the OCI spec"
     assert not is_runtime_failure(other.value)
     assert not is_runtime_failure(NotFound("raised outside any step"))
+
+
+async def test_a_full_disk_in_a_step_is_resource_exhausted() -> None:
+    import errno
+
+    from podling.errors import ResourceExhausted
+
+    with pytest.raises(ResourceExhausted) as caught:
+        async with Steps("Op") as steps, steps.step("write config.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", "/run/podling/x/config.json")
+    msg = caught.value.message
+    assert "Op: write config.json" in msg and "/run/podling/x/config.json" in msg
+    assert caught.value.step == "write config.json"

@@ -22,6 +22,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 log = logging.getLogger("podling.rpc")
 
+# Status messages echo request fields; gRPC refuses trailers over 16 KiB (the client then
+# sees RESOURCE_EXHAUSTED instead of our code), so a message is cut to this many bytes as
+# sent (grpc-message percent-encodes every byte outside printable ASCII, and '%').
+MAX_MESSAGE = 4096
+
 # Request fields worth naming in the log line, in the order they are printed.
 _ID_FIELDS = ("pod_sandbox_id", "container_id", "image")
 
@@ -86,9 +91,23 @@ def _wrap(
     return handler
 
 
+def _wire_size(char: str) -> int:
+    return 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "replace"))
+
+
+def status_message(message: str) -> str:
+    """`message`, cut to at most MAX_MESSAGE bytes on the wire, saying how much was cut."""
+    size = 0
+    for i, char in enumerate(message):
+        size += _wire_size(char)
+        if size > MAX_MESSAGE:
+            return f"{message[:i]}... ({len(message) - i} more characters)"
+    return message
+
+
 async def _fail(context: Context, method: str, exc: BaseException) -> None:
     if isinstance(exc, PodlingError):
-        await context.abort(grpc.StatusCode[exc.code], exc.message)
+        await context.abort(grpc.StatusCode[exc.code], status_message(exc.message))
     log.error("%s failed unexpectedly", method, exc_info=exc)
     await context.abort(
         grpc.StatusCode.INTERNAL,

@@ -50,6 +50,10 @@ class RuntimeServicer(
         self._stats = stats
         self._streaming = streaming
 
+    def set_config(self, cfg: Config) -> None:
+        """The config Status(verbose) reports from now on (after a config reload)."""
+        self._cfg = cfg
+
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(
             version="0.1.0",

@@ -16,7 +16,7 @@ from cri_api.v1 import api_pb2 as pb
 from podling.errors import InvalidArgument
 from podling.services.containers import ContainerService
 from podling.services.pods import PodService
-from podling.services.validate import require
+from podling.services.validate import command, require
 from podling.streaming.backend import AttachParams, ExecParams, Kind, Params, PortForwardParams
 from podling.streaming.runtime_backend import ready_pod, running_container
 
@@ -47,8 +47,7 @@ class StreamsApi:
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
         require(request.container_id, "container_id")
         check_streams(request.tty, request.stdin, request.stdout, request.stderr)
-        if not request.cmd:
-            raise InvalidArgument("cmd must name the command to run")
+        command(request.cmd, "cmd")
         rec = running_container(self._containers, request.container_id)
         params = ExecParams(
             container_id=rec.id,

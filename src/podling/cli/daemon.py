@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from podling import app as app_mod
 from podling import config as config_mod
+from podling import crashpoints
 from podling import log as log_mod
 from podling.containerd_config import ImportResult, import_containerd
 from podling.errors import ConfigError, PodlingError
@@ -54,28 +57,58 @@ def main(
     """podling's CRI v1 daemon."""
     if ctx.invoked_subcommand is not None:
         return
+    loader = Loader(config_path, containerd_path, (log_level, log_format, root, state, socket))
     try:
-        imported = _import(containerd_path)
-        extra = ((containerd_path, imported.toml),) if containerd_path and imported else ()
-        cfg = config_mod.load(config_path, explicit=config_path is not None, extra=extra)
+        cfg, imported = loader.load()
     except ConfigError as e:
         click.echo(f"podlingd: {e}", err=True)
         sys.exit(2)
-    cfg = dataclasses.replace(
-        cfg, root=root or cfg.root, state=state or cfg.state, socket=socket or cfg.socket
-    )
-    log_cfg = dataclasses.replace(
-        cfg.log, level=log_level or cfg.log.level, format=log_format or cfg.log.format
-    )
-    cfg = dataclasses.replace(cfg, log=log_cfg)
     log_mod.setup(cfg.log.level, cfg.log.format)
     if containerd_path and imported:
         _log_import(containerd_path, imported)
     try:
-        asyncio.run(_serve(cfg))
+        crashpoints.arm(os.environ.get(crashpoints.ENV, ""))  # a test hook: unset, inert
+    except ConfigError as e:
+        click.echo(f"podlingd: {e}", err=True)
+        sys.exit(2)
+    try:
+        asyncio.run(_serve(cfg, loader))
     except PodlingError as e:
         click.echo(f"podlingd: {e.message}", err=True)
         sys.exit(1)
+
+
+@dataclass(frozen=True)
+class Loader:
+    """Reads the config the way the daemon started: the same file and config.d, the same
+    containerd config, the same command-line overrides (which win over the files on every
+    reload too). Called again on SIGHUP."""
+
+    config_path: Path | None
+    containerd_path: Path | None
+    # --log-level, --log-format, --root, --state, --socket (None: not given)
+    overrides: tuple[str | None, str | None, str | None, str | None, str | None]
+
+    def __call__(self) -> config_mod.Config:
+        return self.load()[0]
+
+    def load(self) -> tuple[config_mod.Config, ImportResult | None]:
+        """The config and the containerd import it includes; ConfigError if invalid."""
+        imported = _import(self.containerd_path)
+        path = self.containerd_path
+        extra = ((path, imported.toml),) if path and imported else ()
+        cfg = config_mod.load(self.config_path, explicit=self.config_path is not None, extra=extra)
+        level, fmt, root, state, socket = self.overrides
+        log_cfg = dataclasses.replace(
+            cfg.log, level=level or cfg.log.level, format=fmt or cfg.log.format
+        )
+        return dataclasses.replace(
+            cfg,
+            root=root or cfg.root,
+            state=state or cfg.state,
+            socket=socket or cfg.socket,
+            log=log_cfg,
+        ), imported
 
 
 def _import(path: Path | None) -> ImportResult | None:
@@ -101,15 +134,26 @@ def print_config() -> None:
     click.echo(config_mod.render_default(), nl=False)
 
 
-async def _serve(cfg: config_mod.Config) -> None:
+async def _serve(cfg: config_mod.Config, loader: Loader) -> None:
     application = app_mod.build(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def hangup() -> None:
+        # SIGHUP: reload the config (systemctl reload); App.reload runs them one at a time
+        log.info("SIGHUP: reloading the config")
+        task: asyncio.Task[object] = asyncio.create_task(application.reload(loader))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     await application.start()
     await stop.wait()
     log.info("stopping")
+    await asyncio.gather(*reloads, return_exceptions=True)
     await application.stop()
     log.info("stopped")
 

@@ -2,7 +2,8 @@
 
 Layout under the store root:
   blobs/sha256/<hex>   committed, verified blobs (read-only from then on)
-  ingest/<hex>         partial downloads; kept across failures so a later pull resumes
+  ingest/<hex>         partial downloads; kept across failures so a later pull resumes,
+                       removed once untouched for a day (prune_ingests)
 
 A blob becomes visible only through `Ingest.commit()`, which checks the size and the
 sha256 digest and renames the file into place atomically. A mismatch deletes the partial
@@ -11,13 +12,16 @@ file and raises DataLoss, so nothing unverified is ever used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO
 
+from podling.diskspace import space_checked
 from podling.errors import DataLoss, InvalidArgument
 
 _DIGEST_RE = re.compile(r"^sha256:([a-f0-9]{64})$")
@@ -67,7 +71,12 @@ class Ingest:
                     self.offset += len(chunk)
         if size is not None and self.offset > size:
             self.reset()
-        self._file = self.path.open("ab")
+        with self._space_checked():
+            self._file = self.path.open("ab")
+
+    def _space_checked(self) -> AbstractContextManager[None]:
+        """A full disk while writing this blob: ResourceExhausted naming the store."""
+        return space_checked(self._store.root, f"storing blob {self.digest}")
 
     def reset(self) -> None:
         """Throw away what was written (e.g. the server ignored a Range request)."""
@@ -85,13 +94,16 @@ class Ingest:
                 f"blob {self.digest} is larger than the {self.expected_size} bytes its "
                 "descriptor declares"
             )
-        self._file.write(chunk)
+        with self._space_checked():
+            self._file.write(chunk)
         self._hash.update(chunk)
         self.offset += len(chunk)
 
     def commit(self) -> Path:
-        """Verify size and digest, then make the blob visible. DataLoss on mismatch."""
-        self._file.close()
+        """Verify size and digest, then make the blob visible. DataLoss on mismatch;
+        ResourceExhausted when the last bytes do not fit (the partial file stays)."""
+        with self._space_checked():
+            self._file.close()
         actual = "sha256:" + self._hash.hexdigest()
         if self.expected_size is not None and self.offset != self.expected_size:
             self.path.unlink(missing_ok=True)
@@ -107,12 +119,17 @@ class Ingest:
         return final
 
     def close(self) -> None:
-        """Stop writing but keep the partial file, so a later ingest resumes from it."""
-        self._file.close()
+        """Stop writing but keep the partial file, so a later ingest resumes from it.
+
+        Bytes still buffered that no longer fit (a full disk) are dropped: the file on
+        disk stays a correct prefix of the blob, and a resume re-reads it from disk."""
+        with contextlib.suppress(OSError):
+            self._file.close()
 
     def abort(self) -> None:
         """Stop writing and delete the partial file."""
-        self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()
         self.path.unlink(missing_ok=True)
 
 
@@ -139,6 +156,18 @@ class ContentStore:
     def ingest(self, digest: str, size: int | None) -> Ingest:
         """Open (or resume) the ingest of `digest`; the caller must commit, close or abort it."""
         return Ingest(self, digest, size)
+
+    def prune_ingests(self, max_age: float, now: float) -> list[str]:
+        """Delete partial downloads not written to for `max_age` seconds (a pull that
+        failed and was never retried); returns their names. A download in progress
+        writes every few seconds, so it is never old enough."""
+        gone = []
+        for entry in os.scandir(self.root / "ingest"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - entry.stat().st_mtime > max_age:
+                    os.unlink(entry.path)
+                    gone.append(entry.name)
+        return gone
 
     def put_bytes(self, data: bytes, digest: str | None = None) -> str:
         """Store `data`; if `digest` is given it must match (DataLoss otherwise)."""

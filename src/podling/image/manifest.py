@@ -52,15 +52,23 @@ class Descriptor:
         if not isinstance(d, dict) or not isinstance(d.get("digest"), str):
             raise InvalidArgument("malformed descriptor: expected an object with a digest")
         size = d.get("size")
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidArgument(f"descriptor {d['digest']}: size must be a non-negative integer")
         return Descriptor(
             media_type=str(d.get("mediaType", "")),
             digest=d["digest"],
             size=size,
-            platform=dict(d.get("platform") or {}),
-            annotations=dict(d.get("annotations") or {}),
+            platform=_object(d, "platform"),
+            annotations=_object(d, "annotations"),
         )
+
+
+def _object(d: dict[str, Any], key: str) -> dict[str, Any]:
+    """Descriptor field `key`: a JSON object (or absent); anything else is InvalidArgument."""
+    value = d.get(key) or {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"malformed descriptor {d['digest']}: {key} must be a JSON object")
+    return value
 
 
 @dataclass(frozen=True)
@@ -81,9 +89,18 @@ def _load(data: bytes) -> dict[str, Any]:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"manifest is not valid JSON: {e}") from e
+    except RecursionError as e:  # the C decoder's nesting limit: hostile, not a manifest
+        raise InvalidArgument("manifest is nested too deeply to be a manifest") from e
     if not isinstance(doc, dict):
         raise InvalidArgument("manifest is not a JSON object")
     return doc
+
+
+def _list(doc: dict[str, Any], key: str) -> list[Any]:
+    value = doc.get(key) or []
+    if not isinstance(value, list):
+        raise InvalidArgument(f"manifest field {key!r} must be a JSON array")
+    return value
 
 
 def parse(data: bytes, media_type: str = "") -> Manifest | Index:
@@ -91,12 +108,12 @@ def parse(data: bytes, media_type: str = "") -> Manifest | Index:
     doc = _load(data)
     mt = str(doc.get("mediaType") or media_type)
     if mt in INDEX_TYPES or (not mt and "manifests" in doc):
-        mans = tuple(Descriptor.from_json(d) for d in doc.get("manifests") or [])
+        mans = tuple(Descriptor.from_json(d) for d in _list(doc, "manifests"))
         return Index(media_type=mt or OCI_INDEX, manifests=mans)
     if mt in MANIFEST_TYPES or (not mt and "config" in doc):
         if doc.get("schemaVersion") != 2:
             raise InvalidArgument("only schemaVersion 2 manifests are supported")
-        layers = tuple(Descriptor.from_json(d) for d in doc.get("layers") or [])
+        layers = tuple(Descriptor.from_json(d) for d in _list(doc, "layers"))
         return Manifest(mt or OCI_MANIFEST, Descriptor.from_json(doc.get("config")), layers)
     raise InvalidArgument(f"unsupported manifest media type {mt!r}")
 

@@ -46,13 +46,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from podling.diskspace import exhausted, is_full
 from podling.errors import (
     DataLoss,
     FailedPrecondition,
     Internal,
     InvalidArgument,
     PodlingError,
-    ResourceExhausted,
     UnsafeContent,
 )
 from podling.image.layer_stream import CHUNK, GuardedInfo, Meter, UnpackResult, open_layer
@@ -88,7 +88,7 @@ def apply_layer(
             "lower dirs only apply to overlay extraction; native snapshots are full trees"
         )
     meter = Meter(stream, max_bytes)
-    extractor = _Extractor(dest, whiteouts, lowers)
+    extractor = _Extractor(dest, whiteouts, lowers, max_bytes)
     try:
         with tarfile.open(fileobj=meter, mode="r|", tarinfo=GuardedInfo) as tar:
             while (member := tar.next()) is not None:
@@ -138,8 +138,14 @@ class _Extractor:
     real location an entry was written to, whatever symlinks its name went through.
     """
 
-    def __init__(self, root: Path, whiteouts: WhiteoutMode, lowers: Sequence[Path]) -> None:
+    def __init__(
+        self, root: Path, whiteouts: WhiteoutMode, lowers: Sequence[Path], max_bytes: int
+    ) -> None:
         self.root = root
+        # File bytes written so far. The stream meter cannot see them all: a sparse
+        # entry expands its holes to zeros, so a tiny tar can declare terabytes.
+        self.budget = max_bytes
+        self.written = 0
         self.overlay = whiteouts == "overlay"
         self.view = RootView(root, lowers, overlay=self.overlay)
         self.as_root = os.geteuid() == 0
@@ -156,7 +162,7 @@ class _Extractor:
             else:
                 self._entry(m, parts, tar)
         except OSError as e:
-            raise _os_error(m.name, e) from e
+            raise _os_error(m.name, e, self.root) from e
         except (ValueError, OverflowError) as e:  # NUL in a link name, absurd times or ids
             raise UnsafeContent(f"layer entry {m.name!r} has invalid metadata: {e}") from e
 
@@ -225,6 +231,8 @@ class _Extractor:
         if m.isreg():
             self._file(m, path, tar)
         elif m.issym():
+            if not m.linkname:  # symlink(2) refuses it: ENOENT
+                raise UnsafeContent(f"layer symlink {m.name!r} has an empty target")
             os.symlink(m.linkname, path)
             self._meta(path, m, chmod=False)
         elif m.ischr() or m.isblk() or m.isfifo():
@@ -233,6 +241,12 @@ class _Extractor:
             raise UnsafeContent(f"layer entry {m.name!r} has unsupported tar type {m.type!r}")
 
     def _file(self, m: tarfile.TarInfo, path: Path, tar: tarfile.TarFile) -> None:
+        self.written += m.size  # a sparse entry's size is its expanded size
+        if self.written > self.budget:
+            raise UnsafeContent(
+                f"layer entry {m.name!r}: the layer's files expand to more than {self.budget} "
+                "bytes (sparse entries count expanded): refusing a possible decompression bomb"
+            )
         src = tar.extractfile(m)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with os.fdopen(os.open(path, flags, 0o600), "wb") as out:
@@ -358,15 +372,15 @@ class _Extractor:
                 os.chmod(path, mode)
                 os.utime(path, (atime, mtime), follow_symlinks=False)
             except OSError as e:
-                raise _os_error(rel, e) from e
+                raise _os_error(rel, e, self.root) from e
             except (ValueError, OverflowError) as e:
                 raise UnsafeContent(f"layer entry {rel!r} has invalid metadata: {e}") from e
 
 
-def _os_error(name: str, e: OSError) -> PodlingError:
+def _os_error(name: str, e: OSError, root: Path) -> PodlingError:
     where = f"extracting layer entry {name!r}"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhausted(f"{where}: {e.strerror}; free disk space and pull again")
+    if is_full(e):
+        return exhausted(root, where, e)
     if e.errno == errno.ENAMETOOLONG:
         return UnsafeContent(f"{where}: name too long")
     return Internal(f"{where}: {e}")

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from cri_api.v1 import api_pb2 as pb
 
+from podling import crashpoints
 from podling.errors import FailedPrecondition, NotFound, PodlingError
 from podling.metrics import Metrics
 from podling.oslib.mount import unmount
 from podling.runtimes import spec_resources
-from podling.runtimes.conmon import Conmon, ExitInfo
+from podling.runtimes.conmon import Conmon, ExitInfo, wait_gone
 from podling.runtimes.handlers import Handler
 from podling.services import validate
 from podling.services.container_create import (
@@ -104,6 +105,7 @@ class ContainerService:
                 if self.metrics is not None:
                     self.metrics.runtime_failures.inc("start")
                 raise
+            crashpoints.reach("StartContainer/runtime started")
             rec.state, rec.started_ns = CT_RUNNING, time.time_ns()
             self.store.update_container(rec)
             self.deps.events.publish(Event(STARTED, rec.id, rec.pod_id, rec.started_ns))
@@ -150,6 +152,7 @@ class ContainerService:
             await self._wait_exit(rec, 10)
             return
         await self.handler(rec).runtime.kill(rec.id, signal_number(rec.stop_signal))
+        crashpoints.reach("StopContainer/signalled")
         if await self._wait_exit(rec, max(0, timeout)):
             return
         await self.handler(rec).runtime.kill(rec.id, signal.SIGKILL, all_processes=True)
@@ -179,9 +182,14 @@ class ContainerService:
             return
         if rec.state in (CT_RUNNING, CT_CREATED):
             await self.stop(rec.id, 0)
+        crashpoints.reach("RemoveContainer/stopped")
         await self.handler(rec).runtime.delete(rec.id, force=True)
+        await wait_gone(Path(rec.bundle))  # conmon's last write is into the bundle
+        crashpoints.reach("RemoveContainer/runtime deleted")
         await asyncio.to_thread(self._remove_files, rec)
+        crashpoints.reach("RemoveContainer/files removed")
         self.store.delete_container(rec.id)
+        crashpoints.reach("RemoveContainer/record deleted")
         self._exited.pop(rec.id, None)
         self.deps.events.publish(Event(DELETED, rec.id, rec.pod_id, time.time_ns()))
         if self.after_remove is not None:
@@ -199,6 +207,7 @@ class ContainerService:
         rec = self.get(cid)
         if rec.state not in (CT_CREATED, CT_RUNNING):
             raise FailedPrecondition(f"container {rec.id} is {rec.state}: nothing to update")
+        validate.memory_limit(resources, "linux")
         warnings: list[str] = []
         update = spec_resources.resources(resources, self.deps.host, warnings)
         for w in warnings:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from podling.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from podling.runtimes.conmon import ExecResult
+from podling.services import validate
 from podling.services.container_create import spec_of
 from podling.services.containers import ContainerService
 from podling.store.pods import CT_RUNNING
@@ -20,10 +21,11 @@ async def exec_sync(
 ) -> ExecResult:
     """Run `cmd` with the container's process settings (env, user, cwd, capabilities).
     A timeout kills the command and answers DEADLINE_EXCEEDED."""
-    if not cmd:
-        raise InvalidArgument("cmd must name the command to run")
-    if timeout < 0:
-        raise InvalidArgument(f"timeout must be >= 0 seconds, got {timeout}")
+    validate.command(cmd, "cmd")
+    if not 0 <= timeout <= validate.MAX_EXEC_TIMEOUT:
+        raise InvalidArgument(
+            f"timeout must be 0 (none) to {validate.MAX_EXEC_TIMEOUT} seconds, got {timeout}"
+        )
     rec = svc.get(cid)
     if rec.state != CT_RUNNING:
         raise FailedPrecondition(f"container {rec.id} is {rec.state}, not running")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from podling import crashpoints
 from podling.errors import InvalidArgument, NotFound, PodlingError
 from podling.image.archive import ArchiveImage, import_archive
 from podling.image.content import ContentStore
@@ -27,6 +29,10 @@ from podling.services.pull import Puller
 from podling.services.records import find_image
 from podling.snapshots.base import Snapshotter
 from podling.store.metadata import ImageRecord, MetadataStore
+
+log = logging.getLogger(__name__)
+# a partial download untouched this long belongs to a pull nobody retried
+INGEST_MAX_AGE = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,9 @@ class ImageService:
         if rec is None:
             return
         self._store.delete_image(rec.id)
+        crashpoints.reach("RemoveImage/record deleted")
         await self._collect(rec)
+        crashpoints.reach("RemoveImage/collected")
 
     async def _collect(self, rec: ImageRecord) -> None:
         async with self._gc_lock:
@@ -108,7 +116,8 @@ class ImageService:
                     self._content.delete(digest)
 
     async def sweep(self) -> None:
-        """Remove image-layer snapshots no image uses any more. RemoveImage skips a chain
+        """Remove image-layer snapshots no image uses any more, and partial downloads
+        untouched for INGEST_MAX_AGE. RemoveImage skips a chain
         that a container's layer (or an image volume) still builds on; once that goes, the
         chain would stay forever without this sweep (run after container removal and at
         start)."""
@@ -122,6 +131,11 @@ class ImageService:
             orphans.sort(key=lambda k: -len(_ancestry(snapshotter, k)))
             if orphans:
                 await self._unpacker.collect(orphans[::-1], self._store.chain_in_use)
+            pruned = await asyncio.to_thread(
+                self._content.prune_ingests, INGEST_MAX_AGE, time.time()
+            )
+            if pruned:
+                log.info("removed %d abandoned partial downloads", len(pruned))
 
     def _blob_digests(self, rec: ImageRecord) -> list[str]:
         try:

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from podling import crashpoints
 from podling.image.manifest import Manifest
 from podling.services.records import ImageRecorder
 from podling.services.unpacking import LayerUnpacker, chain_ids, diff_ids_of
@@ -68,7 +69,8 @@ class Importer:
     ) -> str:
         async with self.unpacker.hold(chains):
             await self.unpacker.unpack(manifest.layers, diff_ids, blob)
-            return self._recorder.record(
+            crashpoints.reach("ImportImage/record the image/before")
+            image_id = self._recorder.record(
                 manifest_digest=manifest_digest,
                 manifest=manifest,
                 config_bytes=config_bytes,
@@ -76,3 +78,5 @@ class Importer:
                 names=names,
                 extra_blobs=extra_blobs,
             )
+            crashpoints.reach("ImportImage/record the image/after")
+            return image_id

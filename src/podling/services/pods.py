@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cri_api.v1 import api_pb2 as pb
 
+from podling import crashpoints
 from podling.errors import NotFound
 from podling.oslib import cgroups
 from podling.oslib.mount import unmount
@@ -58,17 +59,21 @@ class PodService:
             *(self.containers.stop(c.id, grace) for c in self.store.containers(rec.id))
         )
         if rec.state != POD_NOTREADY:
+            crashpoints.reach("StopPodSandbox/containers stopped")
             await self._release(rec)
+            crashpoints.reach("StopPodSandbox/released")
             rec.state = POD_NOTREADY
             self.store.update_pod(rec)
             self.deps.events.publish(Event(STOPPED, rec.id, rec.id, time.time_ns()))
 
     async def _release(self, rec: PodRecord) -> None:
         await self.deps.infra.remove(rec)
+        crashpoints.reach("StopPodSandbox/infra removed")
         rec.infra_pid = 0
         netns = rec.namespaces.get("network")
         if netns:
             await self.deps.cni.delete(rec.id, Path(netns))
+            crashpoints.reach("StopPodSandbox/network removed")
         if rec.shm_path and rec.shm_path != "/dev/shm":
             await asyncio.to_thread(unmount, Path(rec.shm_path), detach=True)
         await asyncio.to_thread(unpin, pinned_of(rec))
@@ -81,11 +86,15 @@ class PodService:
         if rec is None:
             return
         await self.stop(rec.id)
+        crashpoints.reach("RemovePodSandbox/stopped")
         for c in self.store.containers(rec.id):
             await self.containers.remove(c.id)
+        crashpoints.reach("RemovePodSandbox/containers removed")
         own_cgroup = not pb.PodSandboxConfig.FromString(rec.config).linux.cgroup_parent
         await asyncio.to_thread(self._remove_files, rec, own_cgroup)
+        crashpoints.reach("RemovePodSandbox/files removed")
         self.store.delete_pod(rec.id)
+        crashpoints.reach("RemovePodSandbox/record deleted")
         self.deps.events.publish(Event(DELETED, rec.id, rec.id, time.time_ns()))
 
     def _remove_files(self, rec: PodRecord, own_cgroup: bool) -> None:

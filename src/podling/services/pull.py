@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from podling import crashpoints
 from podling.image.content import ContentStore
 from podling.image.manifest import parse_config
 from podling.image.reference import Reference, parse_reference
@@ -88,6 +89,7 @@ class LayerFetcher:
                 self._creds,
                 _progress_fn(lp),
             )
+        crashpoints.reach("PullImage/blob stored")
         lp.state, lp.done = "downloaded", lp.total
         return path
 
@@ -112,6 +114,11 @@ class Puller:
         self._inflight: dict[str, asyncio.Task[str]] = {}
         self.progress: dict[str, PullProgress] = {}
         self.metrics: Metrics | None = None  # set by the app: counts pulls, bytes, seconds
+
+    def set_max_downloads(self, limit: int) -> None:
+        """Layers downloaded in parallel by the next pulls (a config reload); pulls in
+        flight keep their limit."""
+        self._max_downloads = limit
 
     async def pull(self, text: str, creds: Credentials | None) -> str:
         """Pull `text` and return the image id. Concurrent calls for one reference share."""
@@ -155,6 +162,7 @@ class Puller:
         resolved = await self._registry.resolve(ref, creds)
         man = resolved.manifest
         cfg_path = await self._registry.fetch_blob(resolved, man.config, self._content, creds)
+        crashpoints.reach("PullImage/config stored")
         config_bytes = cfg_path.read_bytes()
         config = parse_config(config_bytes)
         chains = chain_ids(diff_ids_of(config, len(man.layers)))
@@ -165,6 +173,7 @@ class Puller:
         ]
         prog.state = "pulling"
         self._content.put_bytes(resolved.manifest_bytes, resolved.manifest_digest)
+        crashpoints.reach("PullImage/manifest stored")
         fetcher = LayerFetcher(
             self._registry, self._content, resolved, creds, prog, self._max_downloads
         )

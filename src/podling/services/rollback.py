@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 
+from podling import crashpoints, diskspace
 from podling.errors import Internal, PodlingError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Steps:
 
     @asynccontextmanager
     async def step(self, name: str) -> AsyncIterator[None]:
+        # the crash-consistency harness may kill the daemon on either side of any step
+        crashpoints.reach(f"{self.operation}/{name}/before")
         try:
             yield
         except PodlingError as e:
@@ -49,9 +52,15 @@ class Steps:
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except Exception as e:
+            if diskspace.is_full(e):  # e.g. the state dir's filesystem (often /run) is full
+                where = getattr(e, "filename", None) or "podling's root or state dir"
+                raise _at_step(
+                    diskspace.exhausted(where, f"{self.operation}: {name}", e), name
+                ) from e
             log.exception("%s: %s failed", self.operation, name)
             err = Internal(f"{self.operation}: {name} failed: {type(e).__name__}: {e}")
             raise _at_step(err, name) from e
+        crashpoints.reach(f"{self.operation}/{name}/after")
 
     async def __aenter__(self) -> Steps:
         return self

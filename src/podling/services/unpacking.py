@@ -21,11 +21,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from podling.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from podling import crashpoints
+from podling.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from podling.image.manifest import Descriptor
 from podling.image.unpack import apply_layer, open_layer
 from podling.keyedlock import KeyedLocks
 from podling.snapshots.base import Snapshotter
+
+EXTRACT_PREFIX = "extract-"  # the active snapshot a layer is extracted into
+
+
+def drop_unfinished_extractions(snapshotter: Snapshotter) -> None:
+    """Remove the extractions a crash interrupted. Only at start: before any pull runs."""
+    for key in snapshotter.keys():  # noqa: SIM118 - a Snapshotter, not a dict
+        if key.startswith(EXTRACT_PREFIX):
+            snapshotter.remove(key)
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:
@@ -94,7 +104,7 @@ class LayerUnpacker:
     def _extract(
         self, layer: Descriptor, blob: Path, chain: str, parent: str | None, diff_id: str
     ) -> None:
-        key = f"extract-{uuid.uuid4().hex}"
+        key = f"{EXTRACT_PREFIX}{uuid.uuid4().hex}"
         dest = self.snapshotter.prepare(key, parent)
         try:
             with open_layer(blob, layer.media_type) as stream:
@@ -110,10 +120,23 @@ class LayerUnpacker:
                     f"layer {layer.digest} unpacks to {result.diff_id}, but the image config "
                     f"says {diff_id}"
                 )
-            self.snapshotter.commit(chain, key)
+            crashpoints.reach("ImportImage/layer extracted")
+            self._commit(chain, key)
+            crashpoints.reach("ImportImage/layer committed")
         except BaseException:
             self.snapshotter.remove(key)
             raise
+
+    def _commit(self, chain: str, key: str) -> None:
+        """Commit `key` as `chain`. A pull cancelled mid-extraction releases the chain lock
+        while its thread still runs, so another extraction of the same layer may have
+        committed first: the chain id names the content, so that one is as good as ours."""
+        try:
+            self.snapshotter.commit(chain, key)
+        except AlreadyExists:
+            if not self.snapshotter.exists(chain):
+                raise
+            self.snapshotter.remove(key)
 
     @asynccontextmanager
     async def hold(self, chains: Sequence[str]) -> AsyncIterator[None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 
 from cri_api.v1 import api_pb2 as pb
 
@@ -32,6 +33,9 @@ def pod_config(config: pb.PodSandboxConfig) -> None:
     require(md.namespace, "config.metadata.namespace")
     if config.hostname:
         hostname(config.hostname)
+    if config.log_directory:
+        contained_path(config.log_directory, "config.log_directory", absolute=True)
+    memory_limit(config.linux.resources, "config.linux.resources")
     for i, pm in enumerate(config.port_mappings):
         port_mapping(pm, f"config.port_mappings[{i}]")
     parent = config.linux.cgroup_parent
@@ -47,6 +51,50 @@ def pod_config(config: pb.PodSandboxConfig) -> None:
                 raise InvalidArgument(
                     f"config.dns_config.servers: {s!r} is not an IP address"
                 ) from e
+
+
+PATH_MAX = 4096  # Linux: no longer path can be executed or be a working directory
+# An exec-sync timeout above this (about 68 years) overflows conmon's -T; 0 means none.
+MAX_EXEC_TIMEOUT = 2**31 - 1
+
+
+def command(cmd: Sequence[str], field: str) -> None:
+    """A command line the runtime can exec: a non-empty program of at most PATH_MAX
+    bytes, no NUL anywhere. (runc echoes an unrunnable program in its error; conmon
+    deadlocks on an error larger than a pipe buffer, so the bound matters.)"""
+    if not cmd or not cmd[0]:
+        raise InvalidArgument(f"{field} must name the command to run")
+    if any("\x00" in arg for arg in cmd):
+        raise InvalidArgument(f"{field} contains a NUL byte")
+    if len(cmd[0].encode()) > PATH_MAX:
+        raise InvalidArgument(f"{field}[0] is longer than {PATH_MAX} bytes: no such program")
+
+
+MIN_MEMORY = 6 << 20  # Docker's floor: below it runc's own init cannot start in the cgroup
+
+
+def memory_limit(res: pb.LinuxContainerResources, field: str) -> None:
+    """A memory limit is 0 (none) or at least MIN_MEMORY: a smaller one fails runc itself."""
+    if 0 < res.memory_limit_in_bytes < MIN_MEMORY:
+        raise InvalidArgument(
+            f"{field}.memory_limit_in_bytes {res.memory_limit_in_bytes} is below the minimum "
+            f"of {MIN_MEMORY} bytes (6 MiB)"
+        )
+
+
+def contained_path(path: str, field: str, *, absolute: bool) -> None:
+    """`path` stays below its root: absolute (or relative, as asked), no '..', no NUL.
+
+    log_path is relative to the pod's log_directory and container paths are inside the
+    container, so a '..' could only ever be used to leave them.
+    """
+    if "\x00" in path:
+        raise InvalidArgument(f"{field} {path!r} contains a NUL byte")
+    if path.startswith("/") != absolute:
+        kind = "an absolute path" if absolute else "a path relative to the pod's log_directory"
+        raise InvalidArgument(f"{field} {path!r} must be {kind}")
+    if ".." in path.split("/"):
+        raise InvalidArgument(f"{field} {path!r} must not contain '..': it would leave its root")
 
 
 def hostname(name: str) -> None:
@@ -87,8 +135,20 @@ def container_config(config: pb.ContainerConfig) -> None:
     require(config.image.image, "config.image.image")
     if config.tty and not config.stdin and config.stdin_once:
         raise InvalidArgument("config.stdin_once needs config.stdin")
+    if config.log_path:
+        contained_path(config.log_path, "config.log_path", absolute=False)
+    if config.command:  # without it, args follow the image's entrypoint: any is fine
+        command([*config.command, *config.args], "config.command")
+    elif any("\x00" in arg for arg in config.args):
+        raise InvalidArgument("config.args contains a NUL byte")
+    if len(config.working_dir.encode()) > PATH_MAX or "\x00" in config.working_dir:
+        raise InvalidArgument(
+            f"config.working_dir must be a path of at most {PATH_MAX} bytes without NUL"
+        )
+    memory_limit(config.linux.resources, "config.linux.resources")
     for i, m in enumerate(config.mounts):
         if not m.container_path.startswith("/"):
             raise InvalidArgument(f"config.mounts[{i}].container_path must be absolute")
+        contained_path(m.container_path, f"config.mounts[{i}].container_path", absolute=True)
         if not (m.HasField("image") and m.image.image):  # an image volume has no host path
             require(m.host_path, f"config.mounts[{i}].host_path")

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from podling.diskspace import space_checked
 from podling.errors import AlreadyExists, FailedPrecondition, NotFound
 
 PENDING, ACTIVE, COMMITTED, VIEW = "pending", "active", "committed", "view"
@@ -46,6 +47,7 @@ class MetaStore:
     """Thread-safe access to `metadata.db`; one connection guarded by a lock."""
 
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -59,14 +61,17 @@ class MetaStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        # SQLite may have rolled back already (SQLITE_FULL does): ROLLBACK only while a
+        # transaction is open, so the real error is the one raised
+        with self._lock, space_checked(self._path, "writing snapshot metadata"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def claim_kind(self, kind: str) -> str:
         """Record which snapshotter owns this db; returns the owner (first claim wins)."""

@@ -21,9 +21,10 @@ import shutil
 import stat
 from pathlib import Path
 
-from podling.errors import FailedPrecondition
+from podling.diskspace import space_checked
+from podling.errors import FailedPrecondition, ResourceExhausted
 from podling.snapshots.base import Mount, WhiteoutMode
-from podling.snapshots.metadata import ACTIVE, PENDING, VIEW, Info, MetaStore
+from podling.snapshots.metadata import ACTIVE, COMMITTED, PENDING, VIEW, Info, MetaStore
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,10 @@ class DirSnapshotter:
         info = self._meta.add_pending(key, parent)
         try:
             remove_tree(self._dir(info.id))
-            self._dir(info.id).mkdir(mode=0o700)
-            if kind == ACTIVE:
-                self._populate(info.id, info.parent)
+            with space_checked(self.root, f"creating snapshot {key!r}"):
+                self._dir(info.id).mkdir(mode=0o700)
+                if kind == ACTIVE:
+                    self._populate(info.id, info.parent)
             self._meta.set_kind(info.id, kind)
         except BaseException:
             remove_tree(self._dir(info.id))
@@ -140,7 +142,17 @@ class DirSnapshotter:
         self._meta.commit(name, key)
 
     def remove(self, key: str) -> None:
-        info = self._meta.delete(key)
+        try:
+            info = self._meta.delete(key)
+        except ResourceExhausted:
+            # The disk is too full even to record the removal. An uncommitted snapshot
+            # (a failed extraction, a container's layer) is garbage from here on: free
+            # its space, then record. A committed layer stays whole until there is room.
+            info = self._meta.get(key)
+            if info.kind == COMMITTED:
+                raise
+            remove_tree(self._dir(info.id))
+            info = self._meta.delete(key)
         try:
             remove_tree(self._dir(info.id))
         except OSError as e:  # the row is gone: the next open retries the cleanup

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from podling.diskspace import exhausted, is_full
 from podling.errors import FailedPrecondition
 
 MIGRATIONS: tuple[str, ...] = (
@@ -101,8 +102,9 @@ class ImageRecord:
 class MetadataStore:
     """Typed access to the metadata database."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None) -> None:
         self._conn = conn
+        self._path = path  # named in errors: which filesystem filled up
         self._lock = threading.RLock()
 
     def close(self) -> None:
@@ -111,14 +113,23 @@ class MetadataStore:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; commits on success, rolls back on any exception."""
+        """A write transaction; commits on success, rolls back on any exception.
+
+        A full disk is ResourceExhausted naming the database file. SQLite may already
+        have rolled back on its own (SQLITE_FULL does), so ROLLBACK only runs while a
+        transaction is open: a failing ROLLBACK must not hide the real error.
+        """
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as e:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                if is_full(e):
+                    where = self._path or Path("(in memory)")
+                    raise exhausted(where, "writing the metadata database", e) from e
                 raise
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -271,7 +282,7 @@ def open_store(path: Path) -> MetadataStore:
             conn.execute("ROLLBACK")
             conn.close()
             raise
-    return MetadataStore(conn)
+    return MetadataStore(conn, path)
 
 
 def _statements(script: str) -> list[str]:

@@ -270,24 +270,24 @@ async def add(fake: Fake, sid: str = "sb1", netns: Path | None = None) -> Any:
     )
 
 
-async def test_add_runs_loopback_then_the_chain(fake: Fake) -> None:
+async def test_add_runs_the_chain_on_eth0(fake: Fake) -> None:
     chain(fake)
     result = await add(fake)
     assert result.ips == ["10.91.0.7"]
     assert result.raw["ips"] == [{"address": "10.91.0.7/16", "interface": 0}]
     calls = fake.calls()
+    # no loopback plugin: the namespace pinning sets "lo" up itself
     assert [(c["type"], c["env"]["CNI_COMMAND"], c["env"]["CNI_IFNAME"]) for c in calls] == [
-        ("loopback", "ADD", "lo"),
         ("fbridge", "ADD", "eth0"),
         ("fportmap", "ADD", "eth0"),
     ]
-    env = calls[1]["env"]
+    env = calls[0]["env"]
     assert env["CNI_CONTAINERID"] == "sb1" and env["CNI_NETNS"] == str(fake.root / "netns")
     assert env["CNI_PATH"] == str(fake.bin)
     assert "K8S_POD_NAME=web" in env["CNI_ARGS"] and "K8S_POD_UID=uid-1" in env["CNI_ARGS"]
-    assert calls[1]["conf"]["name"] == "fake" and "prevResult" not in calls[1]["conf"]
-    assert "runtimeConfig" not in calls[1]["conf"]
-    pm = calls[2]["conf"]
+    assert calls[0]["conf"]["name"] == "fake" and "prevResult" not in calls[0]["conf"]
+    assert "runtimeConfig" not in calls[0]["conf"]
+    pm = calls[1]["conf"]
     assert pm["prevResult"] == result.raw
     assert pm["runtimeConfig"]["portMappings"][0]["hostIP"] == "127.0.0.1"
     cached = json.loads((fake.root / "cache" / "sb1.json").read_text())
@@ -308,7 +308,6 @@ async def test_delete_uses_cached_config_in_reverse(fake: Fake) -> None:
     assert [(c["type"], c["env"]["CNI_COMMAND"], c["env"]["CNI_IFNAME"]) for c in calls] == [
         ("fportmap", "DEL", "eth0"),
         ("fbridge", "DEL", "eth0"),
-        ("loopback", "DEL", "lo"),
     ]
     assert all(c["env"]["CNI_NETNS"] == str(netns) for c in calls)
     assert calls[0]["conf"]["prevResult"] == result.raw
@@ -346,8 +345,8 @@ async def test_failed_plugin_rolls_back(fake: Fake) -> None:
     ):
         await add(fake)
     calls = [(c["type"], c["env"]["CNI_COMMAND"]) for c in fake.calls()]
-    assert calls[:3] == [("loopback", "ADD"), ("fbridge", "ADD"), ("fportmap", "ADD")]
-    assert calls[3:] == [("fportmap", "DEL"), ("fbridge", "DEL"), ("loopback", "DEL")]
+    assert calls[:2] == [("fbridge", "ADD"), ("fportmap", "ADD")]
+    assert calls[2:] == [("fportmap", "DEL"), ("fbridge", "DEL")]
     assert list((fake.root / "cache").iterdir()) == []
 
 
@@ -374,15 +373,15 @@ async def test_failed_delete_keeps_the_cache_for_a_retry(fake: Fake) -> None:
     await add(fake)
     cache = fake.root / "cache" / "sb1.json"
     record = json.loads(cache.read_text())
-    record["networks"][1]["config"]["plugins"][0]["fail"] = {"DEL": {"code": 5, "msg": "io"}}
+    record["networks"][0]["config"]["plugins"][1]["fail"] = {"DEL": {"code": 5, "msg": "io"}}
     cache.write_text(json.dumps(record))
     fake.calls()
-    with pytest.raises(Internal, match="fbridge DEL failed"):
+    with pytest.raises(Internal, match="fportmap DEL failed"):
         await fake.manager.delete("sb1", None)
     # it went on past the failure to free the rest
-    assert [c["type"] for c in fake.calls()] == ["fportmap", "fbridge", "loopback"]
+    assert [c["type"] for c in fake.calls()] == ["fportmap", "fbridge"]
     assert cache.exists()
-    del record["networks"][1]["config"]["plugins"][0]["fail"]
+    del record["networks"][0]["config"]["plugins"][1]["fail"]
     cache.write_text(json.dumps(record))
     await fake.manager.delete("sb1", None)
     assert not cache.exists()
@@ -419,6 +418,6 @@ async def test_status_ready(fake: Fake) -> None:
         True,
         f"CNI network 'fake' from {fake.conf / '10-fake.conflist'}",
     )
-    (fake.bin / "loopback").unlink()
+    (fake.bin / "fportmap").unlink()
     ready, msg = fake.manager.status()
-    assert not ready and msg.endswith(": loopback")
+    assert not ready and msg.endswith(": fportmap")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -162,7 +163,8 @@ class ContainersApi:
     ) -> pb.ContainerStatsResponse:
         rec = self._containers.get(request.container_id)
         pod = self._pods.get(rec.pod_id)
-        return pb.ContainerStatsResponse(stats=self._stats.container(rec, pod))
+        stats = await asyncio.to_thread(self._stats.container, rec, pod)
+        return pb.ContainerStatsResponse(stats=stats)
 
     async def ListContainerStats(
         self, request: pb.ListContainerStatsRequest, context: Any
@@ -171,14 +173,17 @@ class ContainersApi:
         flt = pb.ContainerFilter(
             id=f.id, pod_sandbox_id=f.pod_sandbox_id, label_selector=dict(f.label_selector)
         )
-        out = []
+        pairs = []
         for rec in self._containers.store.containers():
             if rec.state not in (CT_RUNNING, CT_CREATED) or not _matches(rec, flt):
                 continue
             pod = self._pods.find(rec.pod_id)
             if pod is not None:
-                out.append(self._stats.container(rec, pod))
-        return pb.ListContainerStatsResponse(stats=out)
+                pairs.append((rec, pod))
+        # cgroup files and disk usage are read in a worker thread: ~1 ms per container,
+        # which on the event loop would hold up every other RPC (200 containers: 180 ms)
+        stats = await asyncio.to_thread(lambda: [self._stats.container(r, p) for r, p in pairs])
+        return pb.ListContainerStatsResponse(stats=stats)
 
     def _running(self, pod_id: str) -> list[ContainerRecord]:
         return [c for c in self._containers.store.containers(pod_id) if c.state == CT_RUNNING]
@@ -187,17 +192,18 @@ class ContainersApi:
         self, request: pb.PodSandboxStatsRequest, context: Any
     ) -> pb.PodSandboxStatsResponse:
         pod = self._pods.get(request.pod_sandbox_id)
-        return pb.PodSandboxStatsResponse(stats=self._stats.pod(pod, self._running(pod.id)))
+        running = self._running(pod.id)
+        stats = await asyncio.to_thread(self._stats.pod, pod, running)
+        return pb.PodSandboxStatsResponse(stats=stats)
 
     async def ListPodSandboxStats(
         self, request: pb.ListPodSandboxStatsRequest, context: Any
     ) -> pb.ListPodSandboxStatsResponse:
         f = request.filter
         flt = pb.PodSandboxFilter(id=f.id, label_selector=dict(f.label_selector))
-        pods = self._pods.list(flt)
-        return pb.ListPodSandboxStatsResponse(
-            stats=[self._stats.pod(pod, self._running(pod.id)) for pod in pods]
-        )
+        pairs = [(pod, self._running(pod.id)) for pod in self._pods.list(flt)]
+        stats = await asyncio.to_thread(lambda: [self._stats.pod(p, c) for p, c in pairs])
+        return pb.ListPodSandboxStatsResponse(stats=stats)
 
     async def GetContainerEvents(
         self, request: pb.GetEventsRequest, context: Any

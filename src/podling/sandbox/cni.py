@@ -2,10 +2,13 @@
 
 Lifecycle of one pod (`sandbox_id`):
 
-- add(): the loopback network on "lo" first, then the configured network (the first
-  config file in the conf dir, a default bridge network written if there is none) on
-  "eth0". Before any plugin runs, the exact config lists, CNI_ARGS and runtime config are
-  cached in <cache_dir>/<sandbox_id>.json; each result is added to it. A failed add runs
+- add(): the configured network (the first config file in the conf dir, a default
+  bridge network written if there is none) on "eth0". "lo" is not CNI's: the namespace
+  pinning sets it up (sandbox/namespaces.py), which saves a loopback plugin process per
+  ADD and per DEL. Caches written by older versions list a loopback network; delete()
+  still runs what a cache lists. Before any plugin runs, the exact config lists,
+  CNI_ARGS and runtime config are cached in <cache_dir>/<sandbox_id>.json; each result
+  is added to it. A failed add runs
   DEL for everything and removes the cache: nothing is left.
 - delete(): DEL in reverse order, with the cached configs and results (so a changed conf
   dir does not matter), then the cache goes. No cache: nothing to do (idempotent).
@@ -44,7 +47,6 @@ from podling.errors import (
 from podling.sandbox import namespaces, portmap
 from podling.sandbox.cni_config import (
     DEFAULT_CONFIG_NAME,
-    LOOPBACK,
     CniResult,
     DefaultNetwork,
     PortMapping,
@@ -126,8 +128,8 @@ class CniManager:
         return path
 
     def status(self) -> tuple[bool, str]:
-        """(ready, message): ready when a valid config exists and all its plugins (and
-        loopback) are installed; the message names what is missing."""
+        """(ready, message): ready when a valid config exists and all its plugins are
+        installed; the message names what is missing."""
         path = find_config_file(self._conf_dir)
         if path is None:
             return False, f"no CNI network config in {self._conf_dir}"
@@ -135,7 +137,7 @@ class CniManager:
             config = load_config_list(path)
         except PodlingError as e:
             return False, e.message
-        missing = self._missing(plugin_types(LOOPBACK) + plugin_types(config))
+        missing = self._missing(plugin_types(config))
         if missing:
             dirs = ", ".join(str(d) for d in self._bin_dirs)
             return False, f"CNI plugin binaries missing from {dirs}: {', '.join(missing)}"
@@ -166,7 +168,7 @@ class CniManager:
                 f"pod {sandbox_id} already has CNI networking (cache {cache}): delete it first"
             )
         config = load_config_list(self.ensure_config())
-        missing = self._missing(plugin_types(LOOPBACK) + plugin_types(config))
+        missing = self._missing(plugin_types(config))
         if missing:
             dirs = ", ".join(str(d) for d in self._bin_dirs)
             raise Unavailable(
@@ -184,10 +186,7 @@ class CniManager:
                 pod_uid=pod_uid,
             ),
             "runtime_config": runtime_config(port_mappings),
-            "networks": [
-                {"ifname": "lo", "config": LOOPBACK},
-                {"ifname": POD_IFNAME, "config": config},
-            ],
+            "networks": [{"ifname": POD_IFNAME, "config": config}],
             "results": {},
         }
         # written before any plugin runs: a crash mid-add still leaves delete() the configs

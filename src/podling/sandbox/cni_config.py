@@ -29,12 +29,6 @@ from podling.errors import FailedPrecondition, Internal, InvalidArgument, Podlin
 CNI_VERSION = "1.0.0"
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 DEFAULT_CONFIG_NAME = "10-podling.conflist"
-# lo is wired by its own one-plugin network, run before the pod network (as containerd does)
-LOOPBACK: dict[str, Any] = {
-    "cniVersion": CNI_VERSION,
-    "name": "cni-loopback",
-    "plugins": [{"type": "loopback"}],
-}
 # CNI's well-known error code for "try again later"
 _TRY_AGAIN = 11
 

@@ -6,6 +6,7 @@ cgroup is kept, and the rate is computed against it (0 on the first call).
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,35 @@ class _Sample:
     usage_ns: int
 
 
+# A CPU sample older than this gives no useful rate; cgroups not read for that long are
+# mostly of removed containers, whose samples are dropped (see _prune).
+SAMPLE_TTL_NS = 300 * 1_000_000_000
+_PRUNE_MIN = 1024
+
+
 class StatsCollector:
     def __init__(self, snapshotter: Snapshotter, snapshots_dir: str) -> None:
         self._snapshotter = snapshotter
         self._snapshots_dir = snapshots_dir
-        self._last: dict[str, _Sample] = {}
+        self._last: dict[str, _Sample] = {}  # cgroup path → its last CPU sample
+        self._prune_at = _PRUNE_MIN
+        # the API reads stats in worker threads (cgroup files, disk usage): one at a time
+        # may update the samples
+        self._samples_lock = threading.Lock()
+
+    def _prune(self, now: int) -> None:
+        """Drop samples older than SAMPLE_TTL_NS once the map has doubled since the last
+        prune: without it the map grows with every container the node ever ran."""
+        if len(self._last) < self._prune_at:
+            return
+        self._last = {p: s for p, s in self._last.items() if now - s.at_ns < SAMPLE_TTL_NS}
+        self._prune_at = max(_PRUNE_MIN, 2 * len(self._last))
 
     def _cpu(self, path: str, now: int, usage_ns: int) -> pb.CpuUsage:
-        prev = self._last.get(path)
-        self._last[path] = _Sample(now, usage_ns)
+        with self._samples_lock:
+            prev = self._last.get(path)
+            self._last[path] = _Sample(now, usage_ns)
+            self._prune(now)
         rate = 0
         if prev is not None and now > prev.at_ns and usage_ns >= prev.usage_ns:
             rate = (usage_ns - prev.usage_ns) * 1_000_000_000 // (now - prev.at_ns)

@@ -36,7 +36,7 @@ def no_leaks(
     # processes we stopped may take a moment to be reaped
     deadline = time.monotonic() + 5
     while True:
-        found = leaks.leaked(before, leaks.snapshot(session_tmp))
+        found = leaks.leaked(before, leaks.snapshot(session_tmp), request.node.path)
         if not found or time.monotonic() > deadline:
             break
         time.sleep(0.1)

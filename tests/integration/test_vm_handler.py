@@ -13,7 +13,7 @@ from cri_api.v1 import api_pb2 as pb
 
 from podling.vmrt.kernel import SYSTEM_BOOT_DIR, SYSTEM_MODULES_DIR, unavailable_reason
 from tests.integration.pod_fixtures import PodEnv
-from tests.support.pods import container_config, pod_config, status, wait_state
+from tests.support.pods import container_config, pod_config, start_container, status, wait_state
 
 REASON = unavailable_reason(SYSTEM_BOOT_DIR, SYSTEM_MODULES_DIR)
 pytestmark = [
@@ -32,15 +32,6 @@ def run_pod(e: PodEnv) -> tuple[str, pb.PodSandboxConfig]:
     return e.daemon.runtime.RunPodSandbox(req).pod_sandbox_id, cfg
 
 
-def start(e: PodEnv, pod_id: str, pcfg: pb.PodSandboxConfig, cfg: pb.ContainerConfig) -> str:
-    rt = e.daemon.runtime
-    cid = rt.CreateContainer(
-        pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=cfg, sandbox_config=pcfg)
-    ).container_id
-    rt.StartContainer(pb.StartContainerRequest(container_id=cid))
-    return str(cid)
-
-
 def test_status_lists_vm(clean: PodEnv) -> None:
     st = clean.daemon.runtime.Status(pb.StatusRequest())
     assert "vm" in [h.name for h in st.runtime_handlers]
@@ -50,7 +41,7 @@ def test_output_exit_code_and_own_kernel(clean: PodEnv) -> None:
     d = clean.daemon
     pod_id, pcfg = run_pod(clean)
     script = "echo hello-vm; echo to-stderr >&2; echo kernel=$(uname -r); exit 3"
-    cid = start(clean, pod_id, pcfg, container_config("short", "sh", "-c", script))
+    cid = start_container(clean.daemon, pod_id, pcfg, container_config("short", "sh", "-c", script))
     st = wait_state(d, cid, EXITED, timeout=BOOT)
     assert (st.state, st.exit_code) == (EXITED, 3)
     log = Path(status(d, cid).status.log_path).read_text()
@@ -65,7 +56,7 @@ def test_running_exec_network_and_stop(clean: PodEnv) -> None:
     pod_id, pcfg = run_pod(clean)
     pod = d.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
     script = "mkdir -p /www && echo page > /www/index.html && exec httpd -f -p 8080 -h /www"
-    cid = start(clean, pod_id, pcfg, container_config("web", "sh", "-c", script))
+    cid = start_container(clean.daemon, pod_id, pcfg, container_config("web", "sh", "-c", script))
     assert wait_state(d, cid, RUNNING).state == RUNNING
     r = d.runtime.ExecSync(
         pb.ExecSyncRequest(

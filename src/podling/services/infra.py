@@ -31,15 +31,17 @@ def infra_spec(
     userns: UserNamespace | None = None,
 ) -> dict[str, Any]:
     """The infra container's config.json; with `userns` it joins the pod's user
-    namespace (namespaces["user"]) with those id mappings, and gets a tmpfs on /dev in
-    which runc makes the device files (the pod's root may not write to the rootfs)."""
+    namespace (namespaces["user"]) with those id mappings.
+
+    /dev is a small tmpfs of the container's own, in which runc makes the device files
+    and the ptmx link: the rootfs is shared by every pod's infra, and runc writing them
+    there raced between pods started at once (seen: "symlink pts/ptmx ...: file
+    exists"); in a user namespace the pod's root could not write there at all."""
     ns: list[dict[str, str]] = [{"type": "pid"}, {"type": "mount"}]
     ns += [{"type": kind, "path": path} for kind, path in sorted(namespaces.items())]
     spec = _base_spec(rootfs, ns, cgroup, sandbox_id)
     if userns is not None:
         spec["linux"].update(userns.oci())
-        dev = {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"}
-        spec["mounts"].append({**dev, "options": ["nosuid", "mode=755", "size=64k"]})
     return spec
 
 
@@ -57,7 +59,15 @@ def _base_spec(
             "capabilities": {k: [] for k in ("bounding", "effective", "permitted")},
         },
         "root": {"path": str(rootfs), "readonly": True},
-        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "noexec", "mode=755", "size=64k"],
+            },
+        ],
         "linux": {
             "namespaces": ns,
             "cgroupsPath": cgroup,

@@ -369,3 +369,21 @@ def test_unified_only_on_cgroup2(tmp_path: Path) -> None:
     assert "memory.high" in warnings[0] and "cgroup v1" in warnings[0]
     res, warnings, _ = _resources(tmp_path, make_host(cgroup2=True), unified={"memory.high": "100"})
     assert res["unified"] == {"memory.high": "100"} and warnings == []
+
+
+@pytest.mark.parametrize(
+    ("limit", "swap", "says"),
+    [
+        (0, 1 << 20, "needs memory_limit_in_bytes as well"),
+        (64 << 20, 1, "must be at least memory_limit_in_bytes"),
+    ],
+)
+def test_swap_limits_the_kernel_would_refuse(
+    tmp_path: Path, limit: int, swap: int, says: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=says):
+        _resources(tmp_path, memory_limit_in_bytes=limit, memory_swap_limit_in_bytes=swap)
+    res, _, _ = _resources(
+        tmp_path, memory_limit_in_bytes=limit or 1, memory_swap_limit_in_bytes=-1
+    )
+    assert "limit" in res["memory"]

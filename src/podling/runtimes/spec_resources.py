@@ -147,6 +147,7 @@ def _memory(r: pb.LinuxContainerResources, host: HostInfo) -> dict[str, Any]:
             "memory_limit_in_bytes and memory_swap_limit_in_bytes must not be negative"
         )
 
+    _check_swap(r.memory_limit_in_bytes, r.memory_swap_limit_in_bytes)
     if r.memory_limit_in_bytes:
         memory["limit"] = r.memory_limit_in_bytes
         if host.memory_swap:
@@ -154,6 +155,23 @@ def _memory(r: pb.LinuxContainerResources, host: HostInfo) -> dict[str, Any]:
     if r.memory_swap_limit_in_bytes and host.memory_swap:
         memory["swap"] = r.memory_swap_limit_in_bytes
     return memory
+
+
+def _check_swap(limit: int, swap: int) -> None:
+    """The kernel's swap limit counts memory plus swap: it needs a memory limit no larger
+    than itself (runc's write of a smaller one fails with EINVAL). -1 means no limit."""
+    if swap <= 0:
+        return
+    if not limit:
+        raise InvalidArgument(
+            "memory_swap_limit_in_bytes needs memory_limit_in_bytes as well: the swap limit "
+            "counts memory plus swap"
+        )
+    if swap < limit:
+        raise InvalidArgument(
+            f"memory_swap_limit_in_bytes ({swap}) must be at least memory_limit_in_bytes "
+            f"({limit}): it counts memory plus swap"
+        )
 
 
 def _hugepages(r: pb.LinuxContainerResources) -> list[dict[str, Any]]:

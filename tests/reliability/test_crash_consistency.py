@@ -255,16 +255,15 @@ def test_crash_consistency(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None
             kill_randomly(rig, i, rnd)
     by_op = Counter(p.split("/", 1)[0] for p in points)
     lost, leaked, bad = (rig.problems[k] for k in ("lost", "leaked", "inconsistent"))
-    with capsys.disabled():
-        print(f"\ncrash points by operation: {dict(by_op)}")
-        for p in lost + leaked + bad:
-            print(f"  {p}")
-        for f in rig.flakes:
-            print(f"  retried (a call failed without a crash): {f}")
-        print(
-            f"crash points: {len(points)} tried ({rig.rounds} kills), {len(lost)} lost, "
-            f"{len(leaked)} leaked, {len(bad)} inconsistent "
-            f"in {time.monotonic() - started:.0f}s"
-        )
+    lines = [f"crash points by operation: {dict(by_op)}"]
+    lines += [f"  {p}" for p in lost + leaked + bad]
+    lines += [f"  retried (a call failed without a crash): {f}" for f in rig.flakes]
+    lines.append(
+        f"crash points: {len(points)} tried ({rig.rounds} kills), {len(lost)} lost, "
+        f"{len(leaked)} leaked, {len(bad)} inconsistent in {time.monotonic() - started:.0f}s"
+    )
+    print("\n".join(lines))  # captured: the reliability report's figures
+    with capsys.disabled():  # and on the terminal, whatever pytest's capture
+        print("\n" + "\n".join(lines))
     assert only or len(points) >= 50
     assert not lost and not leaked and not bad

@@ -28,6 +28,7 @@ from podling.image.registry import HostConfig, RegistryClient
 from podling.image.registry_endpoints import normalize_hosts
 from podling.metrics import Metrics
 from podling.metrics_http import MetricsServer
+from podling.oslib.memory import trim_heap
 from podling.paths import Paths
 from podling.runtimes.handlers import HandlerRegistry
 from podling.runtimes.host import host_info
@@ -89,6 +90,7 @@ class App:
         self._tasks.append(asyncio.create_task(watch_exits(self.containers), name="exits"))
         await self.streaming.start()  # before gRPC: Exec answers URLs with its real port
         await self.server.start()
+        await asyncio.to_thread(trim_heap)  # what start-up (imports, recovery) freed
         log.info("serving CRI v1", extra={"socket": str(self.paths.socket)})
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -24,6 +24,7 @@ from podling.image.content import ContentStore
 from podling.image.manifest import parse_config
 from podling.image.reference import parse_reference
 from podling.image.registry import Credentials
+from podling.oslib.memory import trim_heap
 from podling.services.importing import Importer
 from podling.services.pull import Puller
 from podling.services.records import find_image
@@ -152,8 +153,11 @@ class ImageService:
             raise NotFound(f"{path}: no such file or directory")
         images = await asyncio.to_thread(import_archive, path, self._content)
         out: list[tuple[str, list[str]]] = []
-        for img in images:
-            out.append(await self._record_archive_image(img))
+        try:
+            for img in images:
+                out.append(await self._record_archive_image(img))
+        finally:
+            await asyncio.to_thread(trim_heap)  # an import streams as much as a pull
         return out
 
     async def _record_archive_image(self, img: ArchiveImage) -> tuple[str, list[str]]:

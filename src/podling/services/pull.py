@@ -21,6 +21,7 @@ from podling.image.manifest import parse_config
 from podling.image.reference import Reference, parse_reference
 from podling.image.registry import Credentials, RegistryClient, Resolved
 from podling.metrics import Metrics
+from podling.oslib.memory import trim_heap
 from podling.services.importing import Importer
 from podling.services.unpacking import chain_ids, diff_ids_of
 
@@ -155,6 +156,8 @@ class Puller:
                 self.metrics.pull(prog.state == "done", fetched, time.monotonic() - start)
             # keep the final state visible briefly for a progress display that polls
             asyncio.get_running_loop().call_later(5, self.progress.pop, prog.reference, None)
+            if not self._inflight.keys() - {str(ref)}:  # the last pull running: give back
+                await asyncio.to_thread(trim_heap)  # what its buffers left in the heap
 
     async def _pull_steps(
         self, ref: Reference, creds: Credentials | None, prog: PullProgress

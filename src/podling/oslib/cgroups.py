@@ -8,6 +8,7 @@ creates only pod cgroups (to hold pod-level limits) and reads stats from both.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import time
 from dataclasses import dataclass
@@ -40,16 +41,38 @@ def create(
     memory_limit: int = 0,
     root: Path = CGROUP_ROOT,
 ) -> None:
-    """Create the cgroup in every hierarchy and apply the limits given (0 = unset)."""
+    """Create the cgroup in every hierarchy and apply the limits given (0 = unset).
+    All or nothing: if a limit is refused (OSError), the dirs this call made are removed
+    again before the error goes up."""
+    made = [m for d in _dirs(path, root) for m in _missing(d)]  # deepest first
     for d in _dirs(path, root):
         d.mkdir(parents=True, exist_ok=True)
+    try:
+        _limit(path, root, cpu_shares, cpu_quota, cpu_period, memory_limit)
+    except OSError:
+        for d in made:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _missing(d: Path) -> list[Path]:
+    """`d` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    while not d.exists():
+        out.append(d)
+        d = d.parent
+    return out
+
+
+def _limit(path: str, root: Path, shares: int, quota: int, period: int, memory: int) -> None:
     if is_v2(root):
         return  # pod-level limits on v2 are not needed on our nodes (v1 hybrid)
     limits = {
-        ("cpu", "cpu.shares"): cpu_shares,
-        ("cpu", "cpu.cfs_period_us"): cpu_period,
-        ("cpu", "cpu.cfs_quota_us"): cpu_quota,
-        ("memory", "memory.limit_in_bytes"): memory_limit,
+        ("cpu", "cpu.shares"): shares,
+        ("cpu", "cpu.cfs_period_us"): period,
+        ("cpu", "cpu.cfs_quota_us"): quota,
+        ("memory", "memory.limit_in_bytes"): memory,
     }
     for (controller, name), value in limits.items():
         if value:

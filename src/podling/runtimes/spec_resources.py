@@ -109,7 +109,9 @@ _CPUSET = re.compile(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*")
 _PAGE_SIZE = re.compile(r"[0-9]+[KMG]B")
 
 
-def _check_cpu(r: pb.LinuxContainerResources) -> None:
+def check_cpu(r: pb.LinuxContainerResources) -> None:
+    """InvalidArgument for CPU values the kernel's cgroup files refuse (EINVAL): for a
+    container's resources and for a pod's (which podling writes to the pod cgroup)."""
     if r.cpu_shares and not _SHARES[0] <= r.cpu_shares <= _SHARES[1]:
         raise InvalidArgument(f"cpu_shares {r.cpu_shares} is outside {_SHARES[0]}..{_SHARES[1]}")
     if r.cpu_period and not _PERIOD[0] <= r.cpu_period <= _PERIOD[1]:
@@ -125,7 +127,7 @@ def _check_cpu(r: pb.LinuxContainerResources) -> None:
 
 
 def _cpu(r: pb.LinuxContainerResources) -> dict[str, Any]:
-    _check_cpu(r)
+    check_cpu(r)
     cpu: dict[str, Any] = {}
     if r.cpu_shares:
         cpu["shares"] = r.cpu_shares

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from cri_api.v1 import api_pb2 as pb
 
 from podling.errors import InvalidArgument
+from podling.runtimes.spec_resources import check_cpu
 from podling.sandbox.cni import PortMapping
 
 # RFC 1123 hostname label, as Kubernetes validates pod hostnames
@@ -36,6 +37,7 @@ def pod_config(config: pb.PodSandboxConfig) -> None:
     if config.log_directory:
         contained_path(config.log_directory, "config.log_directory", absolute=True)
     memory_limit(config.linux.resources, "config.linux.resources")
+    check_cpu(config.linux.resources)
     for i, pm in enumerate(config.port_mappings):
         port_mapping(pm, f"config.port_mappings[{i}]")
     parent = config.linux.cgroup_parent

@@ -6,6 +6,7 @@ podling drives, iptables rules and bridges. Anything new after a test is a leak.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -108,7 +109,7 @@ def leaked(
     bridge name or subnet is a literal in another file under tests/, not in this one) are
     left out: those come from another test session running at the same time."""
     found = {kind: after[kind] - before[kind] for kind in before}
-    if own_module is not None:
+    if own_module is not None and any(found.values()):
         others = _other_modules_names(own_module)
         found = {
             kind: {x for x in items if not _foreign(kind, x, others)}
@@ -127,6 +128,7 @@ def _names_in(path: Path) -> set[str]:
     return found
 
 
+@functools.cache
 def _other_modules_names(own: Path) -> set[str]:
     """Bridge names ("pl...") and /2x subnet prefixes ("10.93.7") named by other files."""
     tests = Path(__file__).parent

@@ -19,12 +19,11 @@ import shutil
 import string
 import tarfile
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from podling import config as podling_config
@@ -33,19 +32,8 @@ from podling.errors import ConfigError, Internal, InvalidArgument, PodlingError
 from podling.image import manifest
 from podling.image.reference import NAME_MAX, parse_reference
 from podling.image.unpack import apply_layer
-from tests.reliability.conftest import LONG
+from tests.reliability.conftest import examples
 from tests.support.tars import TarBuilder, make_box, tree_state
-
-
-def fuzz(short: int, long: int) -> Callable[[Any], Any]:
-    """Hypothesis settings: `short` examples in CI (derandomised), `long` in long mode."""
-    return settings(
-        max_examples=long if LONG else short,
-        deadline=None,
-        derandomize=not LONG,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
 
 
 class Count:
@@ -88,7 +76,7 @@ def _mutate(text: str, data: st.DataObject) -> str:
 def test_reference_parser() -> None:
     count = Count("reference parser")
 
-    @fuzz(1000, 60_000)
+    @examples(1000, 60_000)
     @given(
         st.one_of(
             st.text(max_size=300),
@@ -193,7 +181,7 @@ def test_config_loader(tmp_path: Path) -> None:
     count = Count("config loader")
     path = tmp_path / "config.toml"
 
-    @fuzz(150, 2_000)
+    @examples(150, 2_000)
     @given(
         st.one_of(
             st.binary(max_size=400),
@@ -260,7 +248,7 @@ def test_containerd_importer() -> None:
                 lines.append(f"{k} = {_toml_value(draw(_values))}")
         return "\n".join(lines) + "\n"
 
-    @fuzz(200, 6_000)
+    @examples(200, 6_000)
     @given(st.one_of(docs(), st.text(max_size=300)))
     def prop(text: str) -> None:
         count.n += 1
@@ -333,7 +321,7 @@ def _manifest_docs(draw: st.DrawFn) -> bytes:
 def test_manifest_parser() -> None:
     count = Count("manifest/index/config parser")
 
-    @fuzz(400, 8_000)
+    @examples(400, 8_000)
     @given(
         st.one_of(
             _manifest_docs(),
@@ -434,7 +422,7 @@ def test_layer_unpacker(tmp_path: Path, whiteouts: str) -> None:
     before = tree_state(box, skip=dest)
     passwd = os.stat("/etc/passwd")
 
-    @fuzz(200, 4_000)
+    @examples(200, 4_000)
     @given(_layers(box))
     def prop(layer: bytes) -> None:
         count.n += 1

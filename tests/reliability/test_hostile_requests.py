@@ -21,18 +21,18 @@ import glob
 import os
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as pb
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.integration.pod_fixtures import PodEnv
-from tests.reliability.conftest import LONG
+from tests.reliability.conftest import examples
 from tests.support.pods import BUSYBOX, container_config, pod_config, remove_all, run_pod
 
 pytestmark = pytest.mark.root
@@ -48,16 +48,6 @@ I32 = st.integers(-(2**31), 2**31 - 1)
 I64 = st.integers(-(2**63), 2**63 - 1)
 U32 = st.integers(0, 2**32 - 1)
 IMAGE_METHODS = {"PullImage", "ImageStatus", "RemoveImage", "ListImages", "ImageFsInfo"}
-
-
-def hypo(short: int, long: int) -> Callable[[Any], Any]:
-    return settings(
-        max_examples=long if LONG else short,
-        deadline=None,
-        derandomize=not LONG,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
 
 
 # --- hostile values -----------------------------------------------------------------------
@@ -252,7 +242,7 @@ def _remove_kubelet_cgroup() -> None:
 def test_run_pod_sandbox(probe: Prober) -> None:
     logs = probe.env.logs
 
-    @hypo(60, 2000)
+    @examples(60, 2000)
     @given(pod_configs(logs), maybe("", hostile_text()), st.data())
     def prop(cfg: pb.PodSandboxConfig, handler: str, data: st.DataObject) -> None:
         try:
@@ -396,7 +386,7 @@ def _exercise(probe: Prober, cid: str, data: st.DataObject) -> None:
 def test_create_container(probe: Prober) -> None:
     pod_id, pod_cfg = _pod(probe.env)
 
-    @hypo(80, 3000)
+    @examples(80, 3000)
     @given(container_configs(), st.data())
     def prop(cfg: pb.ContainerConfig, data: st.DataObject) -> None:
         sandbox = pod_cfg if data.draw(st.booleans()) else pb.PodSandboxConfig()
@@ -539,7 +529,7 @@ def test_every_rpc_with_hostile_ids(probe: Prober) -> None:
     ).container_id
     probe.d.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
 
-    @hypo(600, 20_000)
+    @examples(600, 20_000)
     @given(id_requests())
     def prop(item: tuple[str, Any]) -> None:
         method, request = item

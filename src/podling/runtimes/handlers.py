@@ -64,13 +64,16 @@ class Handler:
     reason: str  # why not ready ("" when ready)
     recursive_read_only_mounts: bool = False
     user_namespaces: bool = False
-    # gVisor: each container runs in a gVisor sandbox of its own (its own guest kernel),
-    # sharing the pod's network namespace. runsc's multi-container sandboxes would need
-    # every container's process to be a child of the first one's conmon, which conmon
-    # cannot wait for, so the CRI annotations that ask for them are left out.
-    per_container_sandbox: bool = False
     # what runs the containers when it is not the node's kernel: "gVisor" or "a VM"
     own_kernel: str = ""
+
+    @property
+    def per_container_sandbox(self) -> bool:
+        """Each container runs on a kernel of its own (gVisor, a VM), sharing the pod's
+        network namespace. runsc's multi-container sandboxes would need every container's
+        process to be a child of the first one's conmon, which conmon cannot wait for, so
+        the CRI annotations that ask for them are left out."""
+        return bool(self.own_kernel)
 
     def adapt_spec(
         self, spec: dict[str, Any], config: pb.ContainerConfig, pod: pb.PodSandboxConfig
@@ -134,7 +137,6 @@ class HandlerRegistry:
             if reason and not explicit:
                 return None
         kernel = "a VM" if vm else "gVisor" if Path(path).name == "runsc" else ""
-        sandboxed = bool(kernel)  # a kernel of its own either way
         return Handler(
             name,
             runtime,
@@ -143,9 +145,8 @@ class HandlerRegistry:
             reason=reason,
             # runc and crun join the pod's pinned user namespace and take "rro" (measured:
             # runc 1.1.5, crun 1.8.1); runsc refuses "rro" and has its own kernel
-            user_namespaces=not sandboxed,
-            recursive_read_only_mounts=not sandboxed,
-            per_container_sandbox=sandboxed,
+            user_namespaces=not kernel,
+            recursive_read_only_mounts=not kernel,
             own_kernel=kernel,
         )
 

@@ -147,8 +147,8 @@ def build_spec(
     profile = security_.apparmor(sc, host, warnings)
     if profile:
         process["apparmorProfile"] = profile
+    userns = user_namespace(sc, pod)  # checks the container's userns_options first
     linux["namespaces"] = namespaces(sc, pod, target_pid, host)
-    userns = user_namespace(sc, pod)
     if userns is not None:
         linux.update(userns.oci())
     seccomp = security_.seccomp(sc, caps.caps, host)

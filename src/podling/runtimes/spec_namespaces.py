@@ -95,9 +95,9 @@ def namespaces(
     target_pid: int | None,
     host: HostInfo,
 ) -> list[dict[str, Any]]:
-    """The spec's linux.namespaces, in a stable order."""
+    """The spec's linux.namespaces, in a stable order (the pod's user namespace among the
+    pod's kinds; user_namespace() checks the container's userns_options against it)."""
     ns = sc.namespace_options
-    user_namespace(sc, pod)
     out: list[dict[str, Any]] = []
     pid = _pid_namespace(ns, pod, target_pid)
     if pid is not None:

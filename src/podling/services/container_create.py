@@ -154,7 +154,8 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
         log_path=str(log_path(pod, config, bundle)),
         runtime_handler=pod.runtime_handler,
     )
-    _check_handler_features(deps.handlers.get(pod.runtime_handler), config)
+    handler = deps.handlers.get(pod.runtime_handler)
+    _check_handler_features(handler, config)
     async with Steps("CreateContainer") as steps:
         async with steps.step("reserve the container name"):
             deps.store.insert_container(rec)
@@ -163,7 +164,6 @@ async def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerCo
         steps.undo("remove the bundle", lambda: shutil.rmtree(bundle, ignore_errors=True))
         await _rootfs(deps, steps, rec, image, pod)
         volumes = await _image_volumes(deps, steps, rec, pod, config, vol_images)
-        handler = deps.handlers.get(pod.runtime_handler)
         async with steps.step("build the OCI spec"):
             result = build_spec(
                 container_id=cid,

@@ -28,7 +28,7 @@ from podling.oslib import cgroups
 from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
 from podling.runtimes import gvisor
-from podling.runtimes.handlers import HandlerRegistry
+from podling.runtimes.handlers import Handler, HandlerRegistry
 from podling.sandbox.cni import CniManager
 from podling.sandbox.files import DnsSpec, write_pod_files
 from podling.sandbox.namespaces import PinnedNamespaces, check_sysctls, pin_namespaces, unpin
@@ -72,13 +72,14 @@ def pod_cgroup(cfg: Config, config: pb.PodSandboxConfig, pod_id: str) -> str:
 
 async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -> str:
     validate.pod_config(config)
-    handler = deps.handlers.get(handler).name  # NotFound / FailedPrecondition, before any step
+    runtime = deps.handlers.get(handler)  # NotFound / FailedPrecondition, before any step
+    handler = runtime.name
     opts = ns_options(config)
     host_net, host_ipc = opts.network == NODE, opts.ipc == NODE
     check_sysctls(dict(config.linux.sysctls), net=not host_net, ipc=not host_ipc)
-    userns = _user_namespace(deps, config, handler)
-    if deps.handlers.get(handler).own_kernel:
-        gvisor.check_pod(handler, opts, deps.handlers.get(handler).own_kernel)
+    userns = _user_namespace(deps, config, runtime)
+    if runtime.own_kernel:
+        gvisor.check_pod(handler, opts, runtime.own_kernel)
     mappings = validate.port_mappings(config)
     pod_id = secrets.token_hex(32)
     rec = PodRecord(
@@ -113,7 +114,7 @@ async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -
             steps.undo("CNI DEL", lambda: deps.cni.delete(pod_id, Path(rec.namespaces["network"])))
             rec.ips, rec.cni_result = list(result.ips), dict(result.raw)
         await _files(steps, rec, config, host_net, host_ipc)
-        if opts.pid == POD and _shares_pid(deps, handler, pod_id):
+        if opts.pid == POD and _shares_pid(runtime, pod_id):
             async with steps.step("start the infra process"):
                 rec.infra_id, rec.infra_pid = await deps.infra.start(rec)
             steps.undo("stop the infra process", lambda: deps.infra.remove(rec))
@@ -128,15 +129,15 @@ async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -
 
 
 def _user_namespace(
-    deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str
+    deps: PodRunDeps, config: pb.PodSandboxConfig, runtime: Handler
 ) -> UserNamespace | None:
     userns = pod_user_namespace(config)
     if userns is None:
         return None
-    if not deps.handlers.get(handler).user_namespaces:
+    if not runtime.user_namespaces:
         supported = [h.name for h in deps.handlers.all() if h.user_namespaces and h.ready]
         raise FailedPrecondition(
-            f"runtime handler {handler!r} cannot run pods with a user namespace of their own "
+            f"runtime handler {runtime.name!r} cannot run pods with a user namespace of their own "
             f"(hostUsers: false); handlers that can: {', '.join(supported) or 'none'}"
         )
     for d in (deps.paths.pods, deps.paths.containers, deps.paths.infra_rootfs):
@@ -214,12 +215,12 @@ def _mount_shm(target: Path) -> None:
     mount(Mount("tmpfs", "shm", ("nosuid", "nodev", "noexec", "mode=1777", "size=65536k")), target)
 
 
-def _shares_pid(deps: PodRunDeps, handler: str, pod_id: str) -> bool:
-    if deps.handlers.get(handler).per_container_sandbox:
+def _shares_pid(runtime: Handler, pod_id: str) -> bool:
+    if runtime.per_container_sandbox:
         log.warning(
             "handler %s runs each container in its own sandbox: pod %s's containers get "
             "PID namespaces of their own, not a shared one",
-            handler,
+            runtime.name,
             pod_id,
         )
         return False

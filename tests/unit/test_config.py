@@ -97,4 +97,9 @@ def test_the_readme_config_example_loads(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(block)
     cfg = config.load(tmp_path / "config.toml", explicit=True)
     assert cfg.images.registries["docker.io"].mirrors == ["http://127.0.0.1:5000"]
-    assert cfg.runtimes["runsc"].args == ["--platform=ptrace", "--network=host"]
+    assert cfg.runtimes["runsc"].args == [
+        "--platform=ptrace",
+        "--network=host",
+        "--oci-seccomp",
+        "--net-raw",
+    ]

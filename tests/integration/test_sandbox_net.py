@@ -18,6 +18,7 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,27 @@ def free_port() -> int:
 # --- namespaces ----------------------------------------------------------------------
 
 
+def threads_outside(kind: str) -> list[str]:
+    """This process' threads whose `kind` namespace is not the main thread's."""
+    main = Path(f"/proc/self/ns/{kind}").stat().st_ino
+    tasks = Path("/proc/self/task").iterdir()
+    return [t.name for t in tasks if (t / "ns" / kind).stat().st_ino != main]
+
+
+def test_pins_made_at_once_each_get_their_own_namespaces(env: Env) -> None:
+    # pinning runs in threads of the daemon; several at once must not share or leak
+    def pin(i: int) -> tuple[str, int]:
+        p = env.pin(f"ns{i}", net=True, ipc=True, uts=True, hostname=f"plt-{i}", sysctls={})
+        assert p.uts is not None and p.net is not None
+        return run_in_namespace(p.uts, ns.CLONE_NEWUTS, socket.gethostname), p.net.stat().st_ino
+
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(pin, range(6)))
+    assert [name for name, _ in got] == [f"plt-{i}" for i in range(6)]
+    assert len({ino for _, ino in got}) == 6
+    assert threads_outside("net") == threads_outside("uts") == []
+
+
 def test_pin_with_hostname_and_sysctls(env: Env) -> None:
     sysctls = {"net.ipv4.ip_unprivileged_port_start": "123", "kernel.shmmni": "2345"}
     p = env.pin("ns", net=True, ipc=True, uts=True, hostname="plt-pod", sysctls=sysctls)
@@ -192,7 +214,10 @@ def test_pin_with_hostname_and_sysctls(env: Env) -> None:
     assert run_in_namespace(p.uts, ns.CLONE_NEWUTS, socket.gethostname) == "plt-pod"
     # the host is untouched
     assert read("net/ipv4/ip_unprivileged_port_start") != "123"
+    assert read("kernel/shmmni") != "2345"
     assert socket.gethostname() != "plt-pod"
+    for kind in ("net", "ipc", "uts"):  # no thread of ours stayed behind in them
+        assert threads_outside(kind) == []
     # and a separate process entering by path sees the same (nsenter, not our code)
     script = "hostname; cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmni"
     out = run("nsenter", f"--net={p.net}", f"--ipc={p.ipc}", f"--uts={p.uts}", "sh", "-c", script)

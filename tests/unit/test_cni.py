@@ -330,6 +330,18 @@ async def test_delete_of_never_added_pod(fake: Fake) -> None:
     assert fake.calls() == []
 
 
+async def test_an_empty_cache_means_nothing_to_delete(fake: Fake) -> None:
+    # what a power loss can leave of an un-fsync'd cache write: forgotten, not an error
+    (fake.root / "cache").mkdir(exist_ok=True)
+    (fake.root / "cache" / "cut.json").write_text("")
+    await fake.manager.delete("cut", None)
+    assert fake.calls() == []
+    assert not (fake.root / "cache" / "cut.json").exists()
+    (fake.root / "cache" / "bad.json").write_text("{")
+    with pytest.raises(Internal, match="unreadable"):
+        await fake.manager.delete("bad", None)
+
+
 async def test_failed_plugin_rolls_back(fake: Fake) -> None:
     fake.write_conf(
         [

@@ -125,14 +125,16 @@ def default_config_list(default: DefaultNetwork, ipam_dir: Path) -> dict[str, An
     return {"cniVersion": CNI_VERSION, "name": default.name, "plugins": [bridge, portmap]}
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write atomically (temp file + rename) and durably (fsync)."""
+def write_json(path: Path, data: Mapping[str, Any], *, durable: bool = True) -> None:
+    """Write atomically (temp file + rename); with `durable`, fsync'd first, so a power
+    loss cannot leave an empty file where the old one was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

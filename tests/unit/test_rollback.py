@@ -94,3 +94,44 @@ async def test_a_full_disk_in_a_step_is_resource_exhausted() -> None:
     msg = caught.value.message
     assert "Op: write config.json" in msg and "/run/podling/x/config.json" in msg
     assert caught.value.step == "write config.json"
+
+
+async def test_together_waits_for_every_part_and_undoes_what_each_made() -> None:
+    done: list[str] = []
+    slow_finished = asyncio.Event()
+
+    async def slow(steps: Steps) -> None:
+        async with steps.step("slow"):
+            await asyncio.sleep(0.05)  # still running when "fast" fails
+        steps.undo("undo slow", lambda: done.append("slow"))
+        slow_finished.set()
+
+    async def fast(steps: Steps) -> None:
+        async with steps.step("fast"):
+            raise NotFound("no such thing")
+
+    async def other(steps: Steps) -> None:
+        async with steps.step("other"):
+            pass
+        steps.undo("undo other", lambda: done.append("other"))
+
+    with pytest.raises(NotFound, match="Op: fast failed"):
+        async with Steps("Op") as steps:
+            steps.undo("undo before", lambda: done.append("before"))
+            await steps.together(slow(steps), fast(steps), other(steps))
+    assert slow_finished.is_set()
+    # the parts' undos (in the order they were registered, reversed), then what came before
+    assert done == ["slow", "other", "before"]
+
+
+async def test_together_with_every_part_succeeding_keeps_going() -> None:
+    async with Steps("Op") as steps:
+        made: list[str] = []
+
+        async def part(name: str) -> None:
+            async with steps.step(name):
+                made.append(name)
+
+        await steps.together(part("a"), part("b"))
+        steps.commit()
+    assert sorted(made) == ["a", "b"]

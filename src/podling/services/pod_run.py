@@ -3,11 +3,11 @@
 1. validate, reserve the name (record in state "creating": the intent, before any side effect)
 2. pin the pod's network, IPC and UTS namespaces (hostname, namespaced sysctls inside),
    and its user namespace when it asks for one (hostUsers: false)
-3. create the pod cgroup (pod-level limits when given)
-4. CNI ADD (not for host network), with the port mappings
-5. write hostname, resolv.conf and hosts; mount the pod's /dev/shm
-6. start the infra process, only when the pod's containers share a PID namespace
-7. mark the pod ready
+3. at once, as they are independent: create the pod cgroup (pod-level limits when given);
+   CNI ADD (not for host network), with the port mappings; mount the pod's /dev/shm
+4. write hostname, resolv.conf and hosts (hosts names the pod's IPs)
+5. start the infra process, only when the pod's containers share a PID namespace
+6. mark the pod ready
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from podling.oslib.mount import mount, unmount
 from podling.paths import Paths
 from podling.runtimes import gvisor
 from podling.runtimes.handlers import Handler, HandlerRegistry
-from podling.sandbox.cni import CniManager
+from podling.sandbox.cni import CniManager, PortMapping
 from podling.sandbox.files import DnsSpec, write_pod_files
 from podling.sandbox.namespaces import PinnedNamespaces, check_sysctls, pin_namespaces, unpin
 from podling.sandbox.userns import UserNamespace, check_searchable, pod_user_namespace
@@ -100,20 +100,10 @@ async def run_pod(deps: PodRunDeps, config: pb.PodSandboxConfig, handler: str) -
         pod_dir.mkdir(parents=True)
         steps.undo("remove the pod dir", lambda: shutil.rmtree(pod_dir, ignore_errors=True))
         await _namespaces(steps, rec, config, host_net, host_ipc, userns)
-        await _cgroup(steps, rec, config)
-        if not host_net:
-            async with steps.step("CNI ADD"):
-                result = await deps.cni.add(
-                    pod_id,
-                    Path(rec.namespaces["network"]),
-                    pod_name=config.metadata.name,
-                    pod_namespace=config.metadata.namespace,
-                    pod_uid=config.metadata.uid,
-                    port_mappings=mappings,
-                )
-            steps.undo("CNI DEL", lambda: deps.cni.delete(pod_id, Path(rec.namespaces["network"])))
-            rec.ips, rec.cni_result = list(result.ips), dict(result.raw)
-        await _files(steps, rec, config, host_net, host_ipc)
+        # independent of one another: the cgroup and /dev/shm are made while CNI runs
+        parts = [] if host_net else [_network(deps, steps, rec, config, mappings)]
+        await steps.together(*parts, _cgroup(steps, rec, config), _shm(steps, rec, host_ipc))
+        await _files(steps, rec, config, host_net)
         if opts.pid == POD and _shares_pid(runtime, pod_id):
             async with steps.step("start the infra process"):
                 rec.infra_id, rec.infra_pid = await deps.infra.start(rec)
@@ -169,6 +159,26 @@ async def _namespaces(
     rec.namespaces = pinned.paths()
 
 
+async def _network(
+    deps: PodRunDeps,
+    steps: Steps,
+    rec: PodRecord,
+    config: pb.PodSandboxConfig,
+    mappings: list[PortMapping],
+) -> None:
+    async with steps.step("CNI ADD"):
+        result = await deps.cni.add(
+            rec.id,
+            Path(rec.namespaces["network"]),
+            pod_name=config.metadata.name,
+            pod_namespace=config.metadata.namespace,
+            pod_uid=config.metadata.uid,
+            port_mappings=mappings,
+        )
+    steps.undo("CNI DEL", lambda: deps.cni.delete(rec.id, Path(rec.namespaces["network"])))
+    rec.ips, rec.cni_result = list(result.ips), dict(result.raw)
+
+
 async def _cgroup(steps: Steps, rec: PodRecord, config: pb.PodSandboxConfig) -> None:
     res = config.linux.resources if config.linux.HasField("resources") else None
     existed = cgroups.exists(rec.cgroup_parent)
@@ -185,9 +195,7 @@ async def _cgroup(steps: Steps, rec: PodRecord, config: pb.PodSandboxConfig) -> 
         steps.undo("remove the pod cgroup", lambda: cgroups.remove(rec.cgroup_parent))
 
 
-async def _files(
-    steps: Steps, rec: PodRecord, config: pb.PodSandboxConfig, host_net: bool, host_ipc: bool
-) -> None:
+async def _files(steps: Steps, rec: PodRecord, config: pb.PodSandboxConfig, host_net: bool) -> None:
     pod_dir = Path(rec.pod_dir)
     dns = config.dns_config if config.HasField("dns_config") else None
     async with steps.step("write hostname, resolv.conf and hosts"):
@@ -200,10 +208,13 @@ async def _files(
             host_network=host_net,
             pod_ips=rec.ips,
         )
+
+
+async def _shm(steps: Steps, rec: PodRecord, host_ipc: bool) -> None:
     if host_ipc:
         rec.shm_path = "/dev/shm"
         return
-    shm = pod_dir / "shm"
+    shm = Path(rec.pod_dir) / "shm"
     async with steps.step("mount the pod's /dev/shm"):
         shm.mkdir()
         await asyncio.to_thread(_mount_shm, shm)

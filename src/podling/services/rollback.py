@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -45,6 +46,7 @@ class Steps:
     async def step(self, name: str) -> AsyncIterator[None]:
         # the crash-consistency harness may kill the daemon on either side of any step
         crashpoints.reach(f"{self.operation}/{name}/before")
+        start = time.perf_counter()
         try:
             yield
         except PodlingError as e:
@@ -60,7 +62,20 @@ class Steps:
             log.exception("%s: %s failed", self.operation, name)
             err = Internal(f"{self.operation}: {name} failed: {type(e).__name__}: {e}")
             raise _at_step(err, name) from e
+        # at debug level, where a slow create spends its time, step by step
+        log.debug("%s: %s took %.1f ms", self.operation, name, (time.perf_counter() - start) * 1e3)
         crashpoints.reach(f"{self.operation}/{name}/after")
+
+    async def together(self, *parts: Awaitable[None]) -> None:
+        """Run independent `parts` (each a series of step()/undo() calls on these Steps)
+        at once. All of them finish, failed or not, before the first failure is raised, so
+        the undo of everything any part made is registered when the rollback runs."""
+        results = await asyncio.gather(*parts, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for other in failures[1:]:
+            log.warning("%s: another step failed at the same time: %s", self.operation, other)
+        if failures:
+            raise failures[0]
 
     async def __aenter__(self) -> Steps:
         return self

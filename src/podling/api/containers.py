@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ from cri_api.v1 import api_pb2 as pb
 from google.protobuf.json_format import ParseDict
 
 from podling.api.pods import pod_status
+from podling.api.reply_cache import ReplyCache, field_number
 from podling.services.container_create import spec_of
 from podling.services.containers import ContainerService
 from podling.services.events import CREATED, DELETED, STARTED, Event, EventBus
@@ -18,7 +20,7 @@ from podling.services.execsync import exec_sync
 from podling.services.pods import PodService
 from podling.services.stats import StatsCollector
 from podling.services.validate import require
-from podling.store.pods import CT_CREATED, CT_EXITED, CT_RUNNING, ContainerRecord
+from podling.store.pods import CT_CREATED, CT_CREATING, CT_EXITED, CT_RUNNING, ContainerRecord
 
 _STATES = {
     CT_CREATED: pb.ContainerState.CONTAINER_CREATED,
@@ -34,6 +36,26 @@ _EVENTS = {
 
 def ct_state(rec: ContainerRecord) -> pb.ContainerState.ValueType:
     return _STATES.get(rec.state, pb.ContainerState.CONTAINER_UNKNOWN)
+
+
+# Every record field ct_status / ct_summary read: their reply caches' keys (the unit tests
+# check that changing any other field leaves the reply as it was).
+STATUS_FIELDS = (
+    "id",
+    "config",
+    "state",
+    "created_ns",
+    "started_ns",
+    "finished_ns",
+    "exit_code",
+    "image",
+    "image_id",
+    "reason",
+    "message",
+    "mounts",
+    "log_path",
+)
+SUMMARY_FIELDS = ("id", "pod_id", "config", "image", "image_id", "state", "created_ns")
 
 
 def ct_status(rec: ContainerRecord) -> pb.ContainerStatus:
@@ -81,8 +103,21 @@ def _matches(rec: ContainerRecord, flt: pb.ContainerFilter) -> bool:
         return False
     if flt.HasField("state") and ct_state(rec) != flt.state.state:
         return False
+    if not flt.label_selector:  # the usual case: no need to parse the config
+        return True
     labels = pb.ContainerConfig.FromString(rec.config).labels
     return all(labels.get(k) == v for k, v in flt.label_selector.items())
+
+
+def _verbose(rec: ContainerRecord) -> str:
+    info = {
+        "pid": rec.pid,
+        "sandboxID": rec.pod_id,
+        "runtimeSpec": spec_of(rec),
+        "snapshotKey": rec.snapshot,
+        "bundle": rec.bundle,
+    }
+    return json.dumps(info)
 
 
 class ContainersApi:
@@ -90,6 +125,19 @@ class ContainersApi:
     _containers: ContainerService
     _events: EventBus
     _stats: StatsCollector
+
+    @functools.cached_property
+    def _ct_statuses(self) -> ReplyCache[ContainerRecord]:
+        number = field_number(pb.ContainerStatusResponse, "status")
+        return ReplyCache(ct_status, STATUS_FIELDS, number, self._container_ids)
+
+    @functools.cached_property
+    def _ct_summaries(self) -> ReplyCache[ContainerRecord]:
+        number = field_number(pb.ListContainersResponse, "containers")
+        return ReplyCache(ct_summary, SUMMARY_FIELDS, number, self._container_ids)
+
+    def _container_ids(self) -> list[str]:
+        return self._containers.store.ids_with_prefix("containers", "")
 
     async def CreateContainer(
         self, request: pb.CreateContainerRequest, context: Any
@@ -119,26 +167,24 @@ class ContainersApi:
         self, request: pb.ContainerStatusRequest, context: Any
     ) -> pb.ContainerStatusResponse:
         rec = self._containers.get(request.container_id)
-        info: dict[str, str] = {}
+        # parsed from the cached bytes: a new message, shared with nothing
+        resp = pb.ContainerStatusResponse.FromString(self._ct_statuses.field(rec))
         if request.verbose:
-            info["info"] = json.dumps(
-                {
-                    "pid": rec.pid,
-                    "sandboxID": rec.pod_id,
-                    "runtimeSpec": spec_of(rec),
-                    "snapshotKey": rec.snapshot,
-                    "bundle": rec.bundle,
-                }
-            )
-        return pb.ContainerStatusResponse(status=ct_status(rec), info=info)
+            resp.info["info"] = _verbose(rec)
+        return resp
 
     async def ListContainers(
         self, request: pb.ListContainersRequest, context: Any
     ) -> pb.ListContainersResponse:
-        recs = [r for r in self._containers.store.containers() if r.state != "creating"]
+        every = self._containers.store.containers()
+        recs = [r for r in every if r.state != CT_CREATING]
         if request.HasField("filter"):
             recs = [r for r in recs if _matches(r, request.filter)]
-        return pb.ListContainersResponse(containers=[ct_summary(r) for r in recs])
+        wire = b"".join([self._ct_summaries.field(r) for r in recs])
+        live = {r.id for r in every}
+        self._ct_summaries.retain(live)
+        self._ct_statuses.retain(live)
+        return pb.ListContainersResponse.FromString(wire)
 
     async def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: Any
@@ -222,6 +268,6 @@ class ContainersApi:
             resp.containers_statuses.extend(
                 ct_status(c)
                 for c in self._containers.store.containers(pod.id)
-                if c.state != "creating"
+                if c.state != CT_CREATING
             )
         return resp

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 
+from podling.api.reply_cache import ReplyCache, field_number
 from podling.services.pods import PodService
 from podling.services.validate import require
 from podling.store.pods import POD_READY, PodRecord
+
+# Every record field pod_status / pod_summary read: their reply caches' keys (the unit
+# tests check that changing any other field leaves the reply as it was).
+STATUS_FIELDS = ("id", "config", "state", "created_ns", "ips", "runtime_handler")
+SUMMARY_FIELDS = ("id", "config", "state", "created_ns", "runtime_handler")
 
 
 def pod_state(rec: PodRecord) -> pb.PodSandboxState.ValueType:
@@ -68,6 +75,19 @@ def pod_summary(rec: PodRecord) -> pb.PodSandbox:
 class PodsApi:
     _pods: PodService
 
+    @functools.cached_property
+    def _pod_statuses(self) -> ReplyCache[PodRecord]:
+        number = field_number(pb.PodSandboxStatusResponse, "status")
+        return ReplyCache(pod_status, STATUS_FIELDS, number, self._pod_ids)
+
+    @functools.cached_property
+    def _pod_summaries(self) -> ReplyCache[PodRecord]:
+        number = field_number(pb.ListPodSandboxResponse, "items")
+        return ReplyCache(pod_summary, SUMMARY_FIELDS, number, self._pod_ids)
+
+    def _pod_ids(self) -> list[str]:
+        return self._pods.store.ids_with_prefix("pods", "")
+
     async def RunPodSandbox(
         self, request: pb.RunPodSandboxRequest, context: Any
     ) -> pb.RunPodSandboxResponse:
@@ -90,14 +110,23 @@ class PodsApi:
         self, request: pb.PodSandboxStatusRequest, context: Any
     ) -> pb.PodSandboxStatusResponse:
         rec = self._pods.get(request.pod_sandbox_id)
-        info = pod_verbose(rec) if request.verbose else {}
-        return pb.PodSandboxStatusResponse(status=pod_status(rec), info=info)
+        # parsed from the cached bytes: a new message, shared with nothing
+        resp = pb.PodSandboxStatusResponse.FromString(self._pod_statuses.field(rec))
+        if request.verbose:
+            resp.info.update(pod_verbose(rec))
+        return resp
 
     async def ListPodSandbox(
         self, request: pb.ListPodSandboxRequest, context: Any
     ) -> pb.ListPodSandboxResponse:
         flt = request.filter if request.HasField("filter") else None
-        return pb.ListPodSandboxResponse(items=[pod_summary(p) for p in self._pods.list(flt)])
+        pods = self._pods.list(flt)
+        wire = b"".join([self._pod_summaries.field(p) for p in pods])
+        if flt is None:  # every pod but those still being created: drop removed ones
+            live = {p.id for p in pods}
+            self._pod_summaries.retain(live)
+            self._pod_statuses.retain(live)
+        return pb.ListPodSandboxResponse.FromString(wire)
 
 
 def _id(value: str) -> str:

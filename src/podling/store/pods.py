@@ -14,7 +14,6 @@ status/list polls cost neither a query nor a JSON decode (docs/performance.md).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import sqlite3
@@ -87,7 +86,9 @@ def _doc(rec: PodRecord | ContainerRecord) -> str:
 def _clone(rec: R) -> R:
     """A copy the caller may change freely: its lists and dicts are its own (one level
     deep; nested values such as cni_result's are only ever replaced, never edited)."""
-    new = copy.copy(rec)
+    # what copy.copy does, without its generic protocol (a third of a 100-record list)
+    new: R = object.__new__(type(rec))
+    new.__dict__.update(rec.__dict__)
     if isinstance(new, PodRecord):
         new.namespaces = dict(new.namespaces)
         new.ips = list(new.ips)

@@ -134,7 +134,19 @@ def print_config() -> None:
     click.echo(config_mod.render_default(), nl=False)
 
 
+def use_pidfd_child_watcher() -> None:
+    """Have asyncio wait for child processes through pidfds on the event loop. Python
+    3.11's default starts a thread per child, and the daemon runs several per pod start
+    (CNI plugins, conmon, runc); 3.12 uses pidfds by itself. Call on the running loop,
+    before the first subprocess."""
+    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
+
+
 async def _serve(cfg: config_mod.Config, loader: Loader) -> None:
+    use_pidfd_child_watcher()
     application = app_mod.build(cfg)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

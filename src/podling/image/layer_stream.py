@@ -1,7 +1,8 @@
 """Layer blobs as verified tar streams: decompression, byte counting, header limits.
 
-`open_layer` turns a gzip, zstd or plain layer blob into its uncompressed tar stream;
-`Meter` wraps that stream for tarfile, hashing every byte (the diff id), enforcing the
+`open_layer` turns a gzip, zstd or plain layer blob into its uncompressed tar stream,
+decoded, counted and hashed (the diff id) by a background thread (decode_thread.py);
+`Meter` serves that stream, or any other uncompressed one, to tarfile, enforcing the
 uncompressed size limit and checking what follows the last member; `GuardedInfo` stops
 tarfile from buffering oversized extended headers. Decoder failures raise DataLoss,
 limit violations UnsafeContent.
@@ -9,32 +10,25 @@ limit violations UnsafeContent.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import io
 import tarfile
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol, Self
-
-import zstandard
+from typing import BinaryIO, Protocol, Self
 
 from podling.errors import DataLoss, Internal, InvalidArgument, UnsafeContent
+from podling.image.decode_thread import DecodedLayer, Tally
+from podling.image.decoders import CHUNK
 from podling.image.manifest import LAYER_GZIP, LAYER_PLAIN, LAYER_ZSTD
-
-if TYPE_CHECKING:
-    from _typeshed import WriteableBuffer
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Media types whose compression we decide by sniffing: generic ones, and plain tar (tools
 # are known to label compressed layers as plain; a tar never starts with these magics).
 _SNIFFED = ("", "application/octet-stream", *LAYER_PLAIN)
-CHUNK = 1 << 20
 _RECENT = 1 << 16  # > tarfile's read-ahead (one 10 KiB record), see Meter.check_trailer
 _BLOCK = 512
 # Extended headers are read into memory whole: cap them (real ones are a few KiB).
@@ -46,39 +40,6 @@ _EXT_HEADER_TYPES = (
     tarfile.GNUTYPE_LONGNAME,
     tarfile.GNUTYPE_LONGLINK,
 )
-
-
-class _Readable(Protocol):
-    def read(self, size: int = ..., /) -> bytes: ...
-    def close(self) -> None: ...
-
-
-class _Decoded(io.RawIOBase):
-    """Raw stream over a decompressor: decoder failures become DataLoss."""
-
-    def __init__(self, inner: _Readable, what: str) -> None:
-        super().__init__()
-        self._inner = inner
-        self._what = what
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: WriteableBuffer) -> int:
-        view = memoryview(buf).cast("B")
-        try:
-            data = self._inner.read(len(view))
-        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
-            raise DataLoss(
-                f"layer {self._what} is corrupt or truncated ({e}); delete the blob and pull again"
-            ) from e
-        view[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._inner.close()
-        super().close()
 
 
 def _codec(media_type: str, head: bytes) -> str:
@@ -97,26 +58,23 @@ def _codec(media_type: str, head: bytes) -> str:
 
 
 @contextmanager
-def open_layer(path: Path, media_type: str) -> Iterator[BinaryIO]:
+def open_layer(path: Path, media_type: str) -> Iterator[DecodedLayer]:
     """Open a layer blob as its decompressed tar stream (gzip, zstd or plain).
 
     The codec follows the media type; for generic or plain-tar media types it is sniffed
     from the magic bytes. Unknown media types raise InvalidArgument; undecodable data
-    raises DataLoss while reading.
+    raises DataLoss while reading. Decoding runs in a background thread (see
+    decode_thread.py) that is stopped and joined, and the blob closed, on leaving.
     """
     with path.open("rb") as f:
         head = f.read(4)
         f.seek(0)
         codec = _codec(media_type, head)
-        inner: _Readable
-        if codec == "gzip":
-            inner = gzip.GzipFile(fileobj=f, mode="rb")
-        elif codec == "zstd":
-            inner = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
-        else:
-            inner = f
-        with io.BufferedReader(_Decoded(inner, f"{path.name} ({codec})"), CHUNK) as stream:
-            yield stream
+        layer = DecodedLayer(f, codec, f"{path.name} ({codec})")
+        try:
+            yield layer
+        finally:
+            layer.close()
 
 
 class GuardedInfo(tarfile.TarInfo):
@@ -138,31 +96,83 @@ class UnpackResult:
     size: int  # uncompressed bytes read
 
 
-class Meter:
-    """Read-only tar source: hashes and counts every byte, enforces the size limit."""
+class ChunkSource(Protocol):
+    """Decoded chunks in order (b"" at the end), counted and hashed by the source."""
+
+    def next_chunk(self) -> bytes: ...
+    def diff_id(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+class _Inline:
+    """A caller's uncompressed stream as a chunk source, counted and hashed as it is read."""
 
     def __init__(self, stream: BinaryIO, max_bytes: int) -> None:
         self._stream = stream
-        self._max = max_bytes
-        self.hash = hashlib.sha256()
-        self.size = 0
-        self._recent: deque[bytes] = deque()  # the last >= _RECENT bytes read, as chunks
+        self._tally = Tally(max_bytes)
+
+    def next_chunk(self) -> bytes:
+        data = self._stream.read(CHUNK)
+        self._tally.add(data)
+        return data
+
+    def diff_id(self) -> str:
+        return self._tally.diff_id()
+
+    @property
+    def size(self) -> int:
+        return self._tally.size
+
+
+class Meter:
+    """Read-only tar source: serves decoded chunks to tarfile, counting what it consumed.
+
+    The chunk source (a DecodedLayer's thread, or `_Inline` for any other stream) hashes
+    every byte and enforces the uncompressed size limit (UnsafeContent); the Meter keeps
+    the last >= _RECENT consumed bytes for `check_trailer`.
+    """
+
+    def __init__(self, stream: BinaryIO | DecodedLayer, max_bytes: int) -> None:
+        self._source: ChunkSource
+        if isinstance(stream, DecodedLayer):
+            stream.start(max_bytes)
+            self._source = stream
+        else:
+            self._source = _Inline(stream, max_bytes)
+        self.size = 0  # bytes handed out by read() (or skipped by drain())
+        self._chunk = b""  # the current chunk; bytes before _pos are consumed
+        self._pos = 0
+        self._ended = False
+        # Chunks up to the current one: the consumed ones before it add up to >= _RECENT.
+        self._recent: deque[bytes] = deque()
         self._recent_len = 0
 
     def read(self, size: int = -1, /) -> bytes:
-        data = self._stream.read(size if size >= 0 else CHUNK)
-        self.size += len(data)
-        if self.size > self._max:
-            raise UnsafeContent(
-                f"layer expands to more than {self._max} bytes: refusing a possible "
-                "decompression bomb (raise the unpack size limit if the image is genuine)"
-            )
-        self.hash.update(data)
-        self._recent.append(data)
-        self._recent_len += len(data)
-        while self._recent_len - len(self._recent[0]) >= _RECENT:
+        """At most `size` bytes (the rest of the current chunk if negative); b"" at the end."""
+        if self._pos == len(self._chunk) and not self._next():
+            return b""
+        pos = self._pos
+        end = len(self._chunk) if size < 0 else min(pos + size, len(self._chunk))
+        self._pos = end
+        self.size += end - pos
+        return self._chunk[pos:end]
+
+    def _next(self) -> bool:
+        """Make the next chunk current; False at the end of the stream."""
+        if self._ended:
+            return False
+        chunk = self._source.next_chunk()
+        if not chunk:
+            self._ended = True
+            return False
+        # All chunks in the window are consumed now: keep only what check_trailer needs.
+        while self._recent and self._recent_len - len(self._recent[0]) >= _RECENT:
             self._recent_len -= len(self._recent.popleft())
-        return data
+        self._recent.append(chunk)
+        self._recent_len += len(chunk)
+        self._chunk, self._pos = chunk, 0
+        return True
 
     def write(self, b: bytes, /) -> int:
         raise io.UnsupportedOperation("layer streams are read-only")
@@ -184,18 +194,24 @@ class Meter:
         Bytes tarfile read ahead past `end` are still in our recent-bytes window.
         """
         lag = self.size - end
-        if lag > self._recent_len:
+        consumed = self._recent_len - (len(self._chunk) - self._pos)  # in the window
+        if lag > consumed:
             raise Internal(f"tar read-ahead of {lag} bytes exceeds the {_RECENT}-byte window")
-        recent = b"".join(self._recent)
-        tail = recent[len(recent) - lag :] if lag else b""
+        tail = b"".join(self._recent)[consumed - lag : consumed] if lag else b""
         while len(tail) < _BLOCK and (more := self.read(_BLOCK - len(tail))):
             tail += more
         if tail[:_BLOCK].strip(b"\0"):
             raise DataLoss(f"layer tar has a corrupt or truncated header at offset {end}")
 
     def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
+        """Consume the rest of the stream, so the result covers every byte."""
+        while True:
+            self.size += len(self._chunk) - self._pos
+            self._pos = len(self._chunk)
+            if not self._next():
+                return
 
     def result(self) -> UnpackResult:
-        return UnpackResult(diff_id="sha256:" + self.hash.hexdigest(), size=self.size)
+        if self._source.size != self.size:
+            raise Internal(f"layer stream: read {self.size} bytes of {self._source.size}")
+        return UnpackResult(diff_id=self._source.diff_id(), size=self.size)

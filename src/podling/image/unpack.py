@@ -55,7 +55,8 @@ from podling.errors import (
     PodlingError,
     UnsafeContent,
 )
-from podling.image.layer_stream import CHUNK, GuardedInfo, Meter, UnpackResult, open_layer
+from podling.image.decode_thread import DecodedLayer
+from podling.image.layer_stream import GuardedInfo, Meter, UnpackResult, open_layer
 from podling.image.rootpath import RootView, is_whiteout, lstat_or_none, set_opaque
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,16 @@ log = logging.getLogger(__name__)
 WhiteoutMode = Literal["overlay", "native"]
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+# File contents are copied in pieces well under 1 MiB: tarfile and BufferedReader make
+# a fresh buffer of the piece size per read, and 1 MiB ones cost page faults every time
+# (measured: 1.4 s of CPU per 600 MB at 1 MiB, 0.2 s at 256 KiB).
+_COPY = 1 << 18
 
 __all__ = ["UnpackResult", "WhiteoutMode", "apply_layer", "open_layer"]
 
 
 def apply_layer(
-    stream: BinaryIO,
+    stream: BinaryIO | DecodedLayer,
     dest: Path,
     *,
     whiteouts: WhiteoutMode,
@@ -76,6 +81,9 @@ def apply_layer(
     lowers: Sequence[Path] = (),
 ) -> UnpackResult:
     """Extract the uncompressed tar `stream` into `dest` (see the module docstring).
+
+    `stream` is what `open_layer` yields (decoded and hashed in its own thread) or any
+    readable uncompressed tar stream (hashed in this thread).
 
     `lowers` (overlay mode only) are the dirs of the committed layers below `dest`,
     nearest first; they are used to resolve parent directories and are never written.
@@ -251,7 +259,7 @@ class _Extractor:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         with os.fdopen(os.open(path, flags, 0o600), "wb") as out:
             if src is not None:
-                shutil.copyfileobj(src, out, CHUNK)
+                shutil.copyfileobj(src, out, _COPY)
         self._meta(path, m)
 
     def _special(self, m: tarfile.TarInfo, path: Path) -> None:

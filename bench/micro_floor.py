@@ -1,10 +1,13 @@
-"""The per-RPC floor of grpc.aio here, with and without podling's interceptor.
+"""The per-RPC floor: a do-nothing `Version` answered by different servers, same client.
 
-    python -m bench.micro_floor [--calls 3000]   # no root needed; a socket in a temp dir
+    python -m bench.micro_floor [--calls 3000] [--no-containerd]
 
-Serves a do-nothing RuntimeService.Version on a unix socket, once bare and once behind
-LoggingErrorInterceptor (logging to /dev/null as the daemon's text format would), and
-prints the p50/p99 of a synchronous client's calls: what no podling code can go below.
+Each server runs in a process of its own on a unix socket in a temp dir; one synchronous
+Python client (the bench's) calls it `calls` times and prints p50/p99. Servers:
+grpc.aio bare, grpc.aio behind podling's LoggingErrorInterceptor (logging to /dev/null as
+the daemon's text format would), grpc's thread-pool server bare, and, when containerd is
+installed and this runs as root, containerd's own CRI Version (Go). The difference
+between the Go row and the Python rows is what no podling code can win back.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -24,63 +30,106 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as pb_grpc
 
 from bench.workloads import percentile
-from podling.api.interceptors import LoggingErrorInterceptor
-from podling.log import TextFormatter
+
+KINDS = {
+    "aio": "grpc.aio, bare",
+    "aio-interceptor": "grpc.aio + podling's interceptor (podlingd)",
+    "sync": "grpc thread-pool server, bare",
+}
 
 
-class _Version(pb_grpc.RuntimeServiceServicer):
+class _AioVersion(pb_grpc.RuntimeServiceServicer):
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(version="0.1.0", runtime_name="floor")
 
 
-def _serve(socket: Path, intercept: bool, ready: threading.Event, stop: threading.Event) -> None:
-    async def main() -> None:
-        server = grpc.aio.server(interceptors=[LoggingErrorInterceptor()] if intercept else [])
-        pb_grpc.add_RuntimeServiceServicer_to_server(_Version(), server)
+class _SyncVersion(pb_grpc.RuntimeServiceServicer):
+    def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
+        return pb.VersionResponse(version="0.1.0", runtime_name="floor")
+
+
+def serve(kind: str, socket: str) -> None:
+    """Serve Version of `kind` on `socket` until killed (run in a child process)."""
+    if kind == "sync":
+        server = grpc.server(futures.ThreadPoolExecutor(4))
+        pb_grpc.add_RuntimeServiceServicer_to_server(_SyncVersion(), server)
         server.add_insecure_port(f"unix://{socket}")
-        await server.start()
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await server.stop(0)
-
-    asyncio.run(main())
+        server.start()
+        server.wait_for_termination()
+        return
+    asyncio.run(_serve_aio(kind == "aio-interceptor", socket))
 
 
-def floor(calls: int, intercept: bool) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory(prefix="podling-floor-") as tmp:
-        socket = Path(tmp) / "floor.sock"
-        ready, stop = threading.Event(), threading.Event()
-        thread = threading.Thread(target=_serve, args=(socket, intercept, ready, stop))
-        thread.start()
-        try:
-            ready.wait(10)
-            with grpc.insecure_channel(f"unix://{socket}") as channel:
-                stub = pb_grpc.RuntimeServiceStub(channel)
-                values = []
-                for _ in range(calls):
-                    t0 = time.perf_counter()
-                    stub.Version(pb.VersionRequest())
-                    values.append((time.perf_counter() - t0) * 1000)
-        finally:
-            stop.set()
-            thread.join()
-    values = values[calls // 10 :]  # the first calls warm up the channel
+async def _serve_aio(intercept: bool, socket: str) -> None:
+    from podling.api.interceptors import LoggingErrorInterceptor
+    from podling.log import TextFormatter
+
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (process-long)
+    handler.setFormatter(TextFormatter())
+    logging.getLogger().handlers[:] = [handler]
+    logging.getLogger().setLevel(logging.INFO)
+    server = grpc.aio.server(interceptors=[LoggingErrorInterceptor()] if intercept else [])
+    pb_grpc.add_RuntimeServiceServicer_to_server(_AioVersion(), server)
+    server.add_insecure_port(f"unix://{socket}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def measure(socket: Path, calls: int) -> tuple[float, float]:
+    """p50/p99 in ms of `calls` Version calls (the first tenth warms up the channel)."""
+    with grpc.insecure_channel(f"unix://{socket}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=20)
+        stub = pb_grpc.RuntimeServiceStub(channel)
+        values = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            stub.Version(pb.VersionRequest())
+            values.append((time.perf_counter() - t0) * 1000)
+    values = values[calls // 10 :]
     return percentile(values, 50), percentile(values, 99)
+
+
+def python_floor(kind: str, calls: int, tmp: Path) -> tuple[float, float]:
+    socket = tmp / f"{kind}.sock"
+    cmd = [sys.executable, "-m", "bench.micro_floor", "--serve", kind, str(socket)]
+    with subprocess.Popen(cmd) as proc:
+        try:
+            return measure(socket, calls)
+        finally:
+            proc.kill()
+
+
+def containerd_floor(calls: int, tmp: Path) -> tuple[float, float] | None:
+    if os.geteuid() != 0 or shutil.which("containerd") is None:
+        return None
+    from bench.daemons import Containerd
+
+    daemon = Containerd(tmp, "http://127.0.0.1:9")  # no pull happens: any mirror will do
+    daemon.start()
+    try:
+        return measure(daemon.socket, calls)
+    finally:
+        daemon.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro_floor")
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--no-containerd", action="store_true")
+    parser.add_argument("--serve", nargs=2, metavar=("KIND", "SOCKET"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler(open("/dev/null", "w"))  # noqa: SIM115 (process-long)
-    handler.setFormatter(TextFormatter())
-    logging.getLogger().handlers[:] = [handler]
-    logging.getLogger().setLevel(logging.INFO)
-    for intercept in (False, True):
-        p50, p99 = floor(args.calls, intercept)
-        label = "with interceptor" if intercept else "bare grpc.aio"
-        print(f"| Version, {label} | p50 {p50:.3f} ms | p99 {p99:.3f} ms |")
+    if args.serve:
+        serve(*args.serve)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="podling-floor-", dir="/var/tmp") as tmp:
+        rows = [(label, python_floor(kind, args.calls, Path(tmp))) for kind, label in KINDS.items()]
+        if not args.no_containerd:
+            rows.append(
+                ("containerd (Go), its CRI Version", containerd_floor(args.calls, Path(tmp)))
+            )
+    for label, result in rows:
+        if result is not None:
+            print(f"| Version, {label} | p50 {result[0]:.3f} ms | p99 {result[1]:.3f} ms |")
     return 0
 
 

@@ -27,3 +27,32 @@ def test_freed_heap_below_a_live_allocation_is_returned() -> None:
     assert trim_heap() is True
     assert _rss_kb() < kept - 40_000  # most of the 80 MB went back
     del pin
+
+
+_ARENAS = """
+import ctypes, sys, threading
+from podling.oslib.memory import limit_arenas
+if sys.argv[1] != "-": assert limit_arenas(int(sys.argv[1]))
+together = threading.Barrier(6)  # all alive at once: no arena is handed down
+def work(): kept = [bytes(100) for _ in range(1000)]; together.wait()
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL("libc.so.6").malloc_stats()
+"""
+
+
+def _arenas(limit: str) -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _ARENAS, limit], capture_output=True, text=True, check=True
+    )
+    return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+
+
+def test_arenas_are_capped() -> None:
+    # glibc gives each new thread an arena of its own until the cap (malloc_stats lists them)
+    assert _arenas("-") > 2
+    assert _arenas("2") <= 2

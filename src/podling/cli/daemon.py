@@ -19,6 +19,7 @@ from podling import crashpoints
 from podling import log as log_mod
 from podling.containerd_config import ImportResult, import_containerd
 from podling.errors import ConfigError, PodlingError
+from podling.oslib.memory import limit_arenas
 
 log = logging.getLogger("podling")
 
@@ -71,6 +72,7 @@ def main(
     except ConfigError as e:
         click.echo(f"podlingd: {e}", err=True)
         sys.exit(2)
+    limit_arenas(2)  # before grpc's and asyncio's threads exist (oslib/memory.py)
     try:
         asyncio.run(_serve(cfg, loader))
     except PodlingError as e:

@@ -27,3 +27,18 @@ def trim_heap() -> bool:
     if libc is None or not hasattr(libc, "malloc_trim"):
         return False
     return bool(libc.malloc_trim(0))
+
+
+_M_ARENA_MAX = -8  # mallopt parameter (malloc.h)
+
+
+def limit_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas at `count`; True if glibc took it. Call early: arenas
+    already made stay. Every thread that allocates while the others hold their arenas
+    gets one of its own (up to 8 per core), and each keeps freed memory of its own: a
+    layer's decode thread left ~3 MB more RSS after a 300 MB pull than with two arenas
+    (measured, no slower)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, count))

@@ -63,3 +63,37 @@ def test_pod_cpu_values_the_cgroup_would_refuse_are_invalid(
     setattr(cfg.linux.resources, field, value)
     with pytest.raises(InvalidArgument, match=says):
         validate.pod_config(cfg)
+
+
+def test_a_refused_dir_leaves_nothing_made(tmp_path: Path) -> None:
+    root = fake_root(tmp_path)
+    (root / "memory" / "kubepods").write_text("")  # memory's dir cannot be made
+    with pytest.raises(OSError):
+        cgroups.create("/kubepods/pod3", root=root)
+    assert not (root / "cpu" / "kubepods" / "pod3").exists()  # cpu's was made, then removed
+
+
+def test_a_negative_pod_memory_limit_is_invalid() -> None:
+    from cri_api.v1 import api_pb2 as pb
+
+    from podling.errors import InvalidArgument
+    from podling.services import validate
+
+    cfg = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="p", uid="u", namespace="n"))
+    cfg.linux.resources.memory_limit_in_bytes = -2
+    with pytest.raises(InvalidArgument, match="memory_limit_in_bytes -2 is negative"):
+        validate.pod_config(cfg)
+
+
+@pytest.mark.parametrize("path", ["\x00", "proc/kcore", "/proc/../etc", "/proc/x\x00y"])
+@pytest.mark.parametrize("field", ["masked_paths", "readonly_paths"])
+def test_masked_and_readonly_paths_must_be_clean_absolute_paths(field: str, path: str) -> None:
+    from cri_api.v1 import api_pb2 as pb
+
+    from podling.errors import InvalidArgument
+    from podling.services import validate
+
+    cfg = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"), image=pb.ImageSpec(image="i"))
+    getattr(cfg.linux.security_context, field).extend(["/proc/ok", path])
+    with pytest.raises(InvalidArgument, match=rf"security_context\.{field}\[1\]"):
+        validate.container_config(cfg)

@@ -42,12 +42,12 @@ def create(
     root: Path = CGROUP_ROOT,
 ) -> None:
     """Create the cgroup in every hierarchy and apply the limits given (0 = unset).
-    All or nothing: if a limit is refused (OSError), the dirs this call made are removed
-    again before the error goes up."""
+    All or nothing: if a dir or a limit is refused (OSError), the dirs this call made are
+    removed again before the error goes up."""
     made = [m for d in _dirs(path, root) for m in _missing(d)]  # deepest first
-    for d in _dirs(path, root):
-        d.mkdir(parents=True, exist_ok=True)
     try:
+        for d in _dirs(path, root):
+            d.mkdir(parents=True, exist_ok=True)
         _limit(path, root, cpu_shares, cpu_quota, cpu_period, memory_limit)
     except OSError:
         for d in made:

@@ -76,7 +76,13 @@ MIN_MEMORY = 6 << 20  # Docker's floor: below it runc's own init cannot start in
 
 
 def memory_limit(res: pb.LinuxContainerResources, field: str) -> None:
-    """A memory limit is 0 (none) or at least MIN_MEMORY: a smaller one fails runc itself."""
+    """A memory limit is 0 (none) or at least MIN_MEMORY: a smaller one fails runc itself,
+    a negative one the kernel."""
+    if res.memory_limit_in_bytes < 0:
+        raise InvalidArgument(
+            f"{field}.memory_limit_in_bytes {res.memory_limit_in_bytes} is negative: "
+            "use 0 for no limit"
+        )
     if 0 < res.memory_limit_in_bytes < MIN_MEMORY:
         raise InvalidArgument(
             f"{field}.memory_limit_in_bytes {res.memory_limit_in_bytes} is below the minimum "
@@ -154,3 +160,8 @@ def container_config(config: pb.ContainerConfig) -> None:
         contained_path(m.container_path, f"config.mounts[{i}].container_path", absolute=True)
         if not (m.HasField("image") and m.image.image):  # an image volume has no host path
             require(m.host_path, f"config.mounts[{i}].host_path")
+    sc = config.linux.security_context
+    for name, paths in (("masked_paths", sc.masked_paths), ("readonly_paths", sc.readonly_paths)):
+        for i, path in enumerate(paths):
+            # runc would refuse them only inside the new container, as an internal error
+            contained_path(path, f"config.linux.security_context.{name}[{i}]", absolute=True)

@@ -27,13 +27,8 @@ from podling.errors import AlreadyExists, Internal, InvalidArgument, NotFound, U
 from podling.oslib import ns
 from podling.sandbox import portmap
 from podling.sandbox.cni import CniManager, DefaultNetwork, PortMapping
-from podling.sandbox.namespaces import (
-    PinnedNamespaces,
-    pin_namespaces,
-    run_in_namespace,
-    run_in_netns,
-    unpin,
-)
+from podling.sandbox.namespaces import PinnedNamespaces, pin_namespaces, unpin
+from podling.sandbox.ns_thread import run_in_namespace, run_in_netns
 
 pytestmark = pytest.mark.root
 

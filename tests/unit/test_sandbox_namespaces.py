@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 
 from podling.errors import InvalidArgument, NotFound
-from podling.sandbox.namespaces import (
-    PinnedNamespaces,
-    check_sysctls,
-    pin_namespaces,
-    run_in_netns,
-)
+from podling.sandbox.namespaces import PinnedNamespaces, check_sysctls, pin_namespaces
+from podling.sandbox.ns_thread import run_in_netns
 
 
 @pytest.mark.parametrize(

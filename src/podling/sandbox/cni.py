@@ -45,7 +45,7 @@ from podling.errors import (
     PodlingError,
     Unavailable,
 )
-from podling.sandbox import namespaces, portmap
+from podling.sandbox import namespaces, ns_thread, portmap
 from podling.sandbox.cni_config import (
     DEFAULT_CONFIG_NAME,
     CniResult,
@@ -367,7 +367,7 @@ class CniManager:
         try:
             assert pinned.net is not None
             await asyncio.to_thread(
-                namespaces.run_in_netns, pinned.net, lambda: _dummies(ip_tool, ifaces)
+                ns_thread.run_in_netns, pinned.net, lambda: _dummies(ip_tool, ifaces)
             )
             yield str(pinned.net)
         finally:

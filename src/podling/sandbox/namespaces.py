@@ -28,24 +28,15 @@ import errno
 import os
 import re
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from podling.errors import AlreadyExists, Internal, InvalidArgument
 from podling.oslib import ns
 from podling.sandbox.ns_thread import pin_in_thread, run_in_namespace
 from podling.sandbox.userns import UserNamespace
 
-T = TypeVar("T")
-
-# name of the file under /proc/self/ns -> (CLONE_NEW* flag, OCI namespace type)
-_KINDS: dict[str, tuple[int, str]] = {
-    "net": (ns.CLONE_NEWNET, "network"),
-    "ipc": (ns.CLONE_NEWIPC, "ipc"),
-    "uts": (ns.CLONE_NEWUTS, "uts"),
-}
 _IPC_SYSCTLS = ("kernel.sem",)
 _IPC_PREFIXES = ("kernel.shm", "kernel.msg", "fs.mqueue.")
 _HOST_NAME_MAX = 64
@@ -370,11 +361,3 @@ def unpin(pinned: PinnedNamespaces) -> None:
     _unpin_files(files)
     for parent in sorted({p.parent for p in files}):
         _release_dir(parent)
-
-
-# --- running code inside: see ns_thread.py ----------------------------------------
-
-
-def run_in_netns(netns: Path, fn: Callable[[], T]) -> T:
-    """run_in_namespace for a network namespace."""
-    return run_in_namespace(netns, ns.CLONE_NEWNET, fn)

@@ -58,6 +58,11 @@ def run_in_namespace(path: Path, nstype: int, fn: Callable[[], T]) -> T:
     return in_fresh_thread(body, f"ns-{path.name}")
 
 
+def run_in_netns(netns: Path, fn: Callable[[], T]) -> T:
+    """run_in_namespace for a network namespace."""
+    return run_in_namespace(netns, ns.CLONE_NEWNET, fn)
+
+
 def _enter(path: Path, nstype: int) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

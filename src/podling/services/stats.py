@@ -14,7 +14,7 @@ from pathlib import Path
 from cri_api.v1 import api_pb2 as pb
 
 from podling.oslib import cgroups
-from podling.sandbox.namespaces import run_in_netns
+from podling.sandbox.ns_thread import run_in_netns
 from podling.snapshots.base import Snapshotter
 from podling.store.pods import ContainerRecord, PodRecord
 

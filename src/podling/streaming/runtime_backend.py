@@ -21,7 +21,7 @@ from pathlib import Path
 from cri_api.v1 import api_pb2 as pb
 
 from podling import errors
-from podling.sandbox.namespaces import run_in_netns
+from podling.sandbox.ns_thread import run_in_netns
 from podling.services.container_create import spec_of
 from podling.services.containers import ContainerService
 from podling.services.pods import PodService

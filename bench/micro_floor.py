@@ -33,8 +33,8 @@ from bench.workloads import percentile
 
 KINDS = {
     "aio": "grpc.aio, bare",
-    "aio-interceptor": "grpc.aio + podling's interceptor (podlingd)",
     "sync": "grpc thread-pool server, bare",
+    "podling": "podling.rpc (podlingd's server; a poll logs at DEBUG: off)",
 }
 
 
@@ -57,22 +57,30 @@ def serve(kind: str, socket: str) -> None:
         server.start()
         server.wait_for_termination()
         return
-    asyncio.run(_serve_aio(kind == "aio-interceptor", socket))
+    asyncio.run(_serve_podling(socket) if kind == "podling" else _serve_aio(socket))
 
 
-async def _serve_aio(intercept: bool, socket: str) -> None:
-    from podling.api.interceptors import LoggingErrorInterceptor
+async def _serve_aio(socket: str) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_RuntimeServiceServicer_to_server(_AioVersion(), server)
+    server.add_insecure_port(f"unix://{socket}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+async def _serve_podling(socket: str) -> None:
     from podling.log import TextFormatter
+    from podling.rpc.server import Server, service_methods
 
     handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 (process-long)
     handler.setFormatter(TextFormatter())
     logging.getLogger().handlers[:] = [handler]
     logging.getLogger().setLevel(logging.INFO)
-    server = grpc.aio.server(interceptors=[LoggingErrorInterceptor()] if intercept else [])
-    pb_grpc.add_RuntimeServiceServicer_to_server(_AioVersion(), server)
-    server.add_insecure_port(f"unix://{socket}")
+    service = pb.DESCRIPTOR.services_by_name["RuntimeService"]
+    server = Server(service_methods(_AioVersion(), service))
+    server.bind(Path(socket))
     await server.start()
-    await server.wait_for_termination()
+    await asyncio.Event().wait()
 
 
 def measure(socket: Path, calls: int) -> tuple[float, float]:

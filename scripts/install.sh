@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(runc crun conmon containernetworking-plugins iptables iproute2 catatonit zstd
           busybox-static python3-venv)
-TEST_PACKAGES=(docker-registry apache2-utils runsc openssl qemu-system-x86 linux-image-amd64)
+# containerd: its `ctr` is the tests' Go gRPC client (tests/integration/test_rpc_go_client.py)
+TEST_PACKAGES=(docker-registry apache2-utils runsc openssl qemu-system-x86 linux-image-amd64
+               containerd)
 want=("${PACKAGES[@]}")
 [[ "${1:-}" == "--test" ]] && want+=("${TEST_PACKAGES[@]}")
 

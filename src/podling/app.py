@@ -10,14 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from cri_api.v1 import api_pb2_grpc as pb_grpc
+from cri_api.v1 import api_pb2 as pb
 
 from podling import log as log_mod
 from podling import reload as reload_mod
 from podling.api.admin import AdminServicer
 from podling.api.images import ImageServicer
-from podling.api.interceptors import LoggingErrorInterceptor
 from podling.api.runtime import RuntimeServicer
 from podling.config import Config
 from podling.daemon_lock import DaemonLock
@@ -30,6 +28,7 @@ from podling.metrics import Metrics
 from podling.metrics_http import MetricsServer
 from podling.oslib.memory import trim_heap
 from podling.paths import Paths
+from podling.rpc.server import Server, service_methods
 from podling.runtimes.handlers import HandlerRegistry
 from podling.runtimes.host import host_info
 from podling.sandbox.cni import CniManager, DefaultNetwork
@@ -71,7 +70,7 @@ class App:
     images: ImageService
     pods: PodService
     containers: ContainerService
-    server: grpc.aio.Server
+    server: Server
     streaming: StreamingServer
     metrics_server: MetricsServer | None = None
     runtime_api: RuntimeServicer | None = None
@@ -261,7 +260,6 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
     metrics_server = (
         MetricsServer(cfg.metrics.address, metrics.render) if cfg.metrics.address else None
     )
-    server = grpc.aio.server(interceptors=[LoggingErrorInterceptor(metrics)])
     streaming = StreamingServer(
         RuntimeBackend(containers, pods),
         address=cfg.streaming.address,
@@ -271,16 +269,15 @@ def _wire(cfg: Config, paths: Paths, lock: DaemonLock) -> App:
         idle_timeout=cfg.streaming.idle_timeout,
     )
     runtime_api = RuntimeServicer(cfg, pods, containers, events, stats, streaming)
-    pb_grpc.add_RuntimeServiceServicer_to_server(runtime_api, server)
-    pb_grpc.add_ImageServiceServicer_to_server(ImageServicer(images, paths.snapshots), server)
-    server.add_generic_rpc_handlers([AdminServicer(images).handler()])
-    # grpc binds the socket here: make it 0660 from birth, so no other user can ever connect
+    services = pb.DESCRIPTOR.services_by_name
+    server = Server(
+        service_methods(runtime_api, services["RuntimeService"])
+        | service_methods(ImageServicer(images, paths.snapshots), services["ImageService"])
+        | AdminServicer(images).methods(),
+        metrics,
+    )
     gid = socket_gid(cfg.socket_group) if cfg.socket_group else None  # before binding
-    old = os.umask(0o117)
-    try:
-        server.add_insecure_port(f"unix://{paths.socket}")
-    finally:
-        os.umask(old)
+    server.bind(paths.socket, 0o660)  # 0660 from birth: no other user can ever connect
     if gid is not None:
         os.chown(paths.socket, -1, gid)
     return App(

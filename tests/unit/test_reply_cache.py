@@ -88,21 +88,29 @@ def populate(api: Api, n: int) -> tuple[list[PodRecord], list[ContainerRecord]]:
     return pods, cts
 
 
+LCR, CSR, PSR = pb.ListContainersResponse, pb.ContainerStatusResponse, pb.PodSandboxStatusResponse
+
+
+def parsed(reply: Any, cls: Any) -> Any:
+    """A handler's reply as a message (status/list handlers return wire bytes)."""
+    return cls.FromString(reply) if isinstance(reply, bytes) else reply
+
+
 async def list_cts(api: Api, **flt: Any) -> list[pb.Container]:
     req = pb.ListContainersRequest(filter=pb.ContainerFilter(**flt)) if flt else None
-    resp = await api.ListContainers(req or pb.ListContainersRequest(), None)
-    return list(resp.containers)
+    resp = api.ListContainers(req or pb.ListContainersRequest(), None)
+    return list(parsed(resp, pb.ListContainersResponse).containers)
 
 
 async def ct_status(api: Api, cid: str) -> pb.ContainerStatus:
-    resp = await api.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), None)
-    return resp.status
+    resp = api.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), None)
+    return parsed(resp, pb.ContainerStatusResponse).status
 
 
 async def list_pods(api: Api, **flt: Any) -> list[pb.PodSandbox]:
     req = pb.ListPodSandboxRequest(filter=pb.PodSandboxFilter(**flt)) if flt else None
-    resp = await api.ListPodSandbox(req or pb.ListPodSandboxRequest(), None)
-    return list(resp.items)
+    resp = api.ListPodSandbox(req or pb.ListPodSandboxRequest(), None)
+    return list(parsed(resp, pb.ListPodSandboxResponse).items)
 
 
 # ---- the wire encoding ---------------------------------------------------------------
@@ -278,12 +286,14 @@ async def test_a_container_being_created_is_not_listed(api: Api) -> None:
 
 async def test_editing_a_reply_does_not_reach_the_next(api: Api) -> None:
     _, cts = populate(api, 2)
-    first = await api.ListContainers(pb.ListContainersRequest(), None)
+    first = parsed(api.ListContainers(pb.ListContainersRequest(), None), LCR)
     first.containers[0].labels["tier"] = "changed"
     first.containers[0].state = EXITED
     first.containers[0].metadata.name = "changed"
     del first.containers[1]
-    status = await api.ContainerStatus(pb.ContainerStatusRequest(container_id=cts[0].id), None)
+    status = parsed(
+        api.ContainerStatus(pb.ContainerStatusRequest(container_id=cts[0].id), None), CSR
+    )
     status.status.mounts[0].host_path = "/changed"
     status.status.exit_code = 99
 
@@ -298,9 +308,11 @@ async def test_editing_a_reply_does_not_reach_the_next(api: Api) -> None:
 async def test_verbose_status_carries_info_and_the_next_plain_one_does_not(api: Api) -> None:
     _, cts = populate(api, 1)
     req = pb.ContainerStatusRequest(container_id=cts[0].id, verbose=True)
-    verbose = await api.ContainerStatus(req, None)
+    verbose = api.ContainerStatus(req, None)
     assert '"sandboxID"' in verbose.info["info"]
-    plain = await api.ContainerStatus(pb.ContainerStatusRequest(container_id=cts[0].id), None)
+    plain = parsed(
+        api.ContainerStatus(pb.ContainerStatusRequest(container_id=cts[0].id), None), CSR
+    )
     assert dict(plain.info) == {} and plain.status == verbose.status
 
 
@@ -320,12 +332,12 @@ async def test_status_calls_alone_do_not_pile_up_removed_records(api: Api) -> No
 async def test_pod_state_and_ips_show_in_the_next_list_and_status(api: Api) -> None:
     pods, _ = populate(api, 3)
     req = pb.PodSandboxStatusRequest(pod_sandbox_id=pods[1].id)
-    assert (await api.PodSandboxStatus(req, None)).status.network.ip == "10.0.0.1"
+    assert parsed(api.PodSandboxStatus(req, None), PSR).status.network.ip == "10.0.0.1"
     await list_pods(api)
 
     pods[1].state, pods[1].ips = "notready", []
     api.store.update_pod(pods[1])
-    st = (await api.PodSandboxStatus(req, None)).status
+    st = parsed(api.PodSandboxStatus(req, None), PSR).status
     assert (st.state, st.network.ip) == (pb.PodSandboxState.SANDBOX_NOTREADY, "")
     listed = await list_pods(api)
     assert [p.state for p in listed] == [0, 1, 0]  # READY=0, NOTREADY=1
@@ -334,14 +346,14 @@ async def test_pod_state_and_ips_show_in_the_next_list_and_status(api: Api) -> N
 async def test_a_removed_pod_disappears_and_leaves_no_entry(api: Api) -> None:
     pods, cts = populate(api, 3)
     for p in pods:
-        await api.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=p.id), None)
+        api.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=p.id), None)
     await list_pods(api)
     api.store.delete_container(cts[0].id)  # as RemovePodSandbox does: its containers first
     api.store.delete_pod(pods[0].id)
     assert [p.id for p in await list_pods(api)] == [pods[1].id, pods[2].id]
     assert len(api._pod_summaries) == 2 and len(api._pod_statuses) == 2
     with pytest.raises(NotFound):
-        await api.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pods[0].id), None)
+        api.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pods[0].id), None)
 
 
 async def test_pod_filters_apply_with_the_cache_warm(api: Api) -> None:

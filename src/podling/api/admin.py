@@ -18,10 +18,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from podling.errors import InvalidArgument
 from podling.image.reference import parse_reference
+from podling.rpc.calls import Method
 from podling.services.images import ImageService
 
 SERVICE = "podling.v1.Admin"
@@ -70,15 +69,11 @@ class AdminServicer:
                 return
             await asyncio.sleep(self._poll)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "LoadImage": grpc.unary_unary_rpc_method_handler(
-                    self.LoadImage, request_deserializer=_decode, response_serializer=_encode
-                ),
-                "PullProgress": grpc.unary_stream_rpc_method_handler(
-                    self.PullProgress, request_deserializer=_decode, response_serializer=_encode
-                ),
-            },
-        )
+    def methods(self) -> dict[str, Method]:
+        """This service's methods by path, for the gRPC server."""
+        return {
+            f"/{SERVICE}/LoadImage": Method("LoadImage", _decode, _encode, self.LoadImage),
+            f"/{SERVICE}/PullProgress": Method(
+                "PullProgress", _decode, _encode, self.PullProgress, streaming=True
+            ),
+        }

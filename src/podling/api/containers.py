@@ -163,19 +163,18 @@ class ContainersApi:
         await self._containers.remove(require(request.container_id, "container_id"))
         return pb.RemoveContainerResponse()
 
-    async def ContainerStatus(
+    def ContainerStatus(
         self, request: pb.ContainerStatusRequest, context: Any
-    ) -> pb.ContainerStatusResponse:
+    ) -> pb.ContainerStatusResponse | bytes:
         rec = self._containers.get(request.container_id)
-        # parsed from the cached bytes: a new message, shared with nothing
-        resp = pb.ContainerStatusResponse.FromString(self._ct_statuses.field(rec))
-        if request.verbose:
-            resp.info["info"] = _verbose(rec)
+        wire = self._ct_statuses.field(rec)  # the reply itself, as the server sends it
+        if not request.verbose:
+            return wire
+        resp = pb.ContainerStatusResponse.FromString(wire)  # a new message, shared with nothing
+        resp.info["info"] = _verbose(rec)
         return resp
 
-    async def ListContainers(
-        self, request: pb.ListContainersRequest, context: Any
-    ) -> pb.ListContainersResponse:
+    def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> bytes:
         every = self._containers.store.containers()
         recs = [r for r in every if r.state != CT_CREATING]
         if request.HasField("filter"):
@@ -184,7 +183,7 @@ class ContainersApi:
         live = {r.id for r in every}
         self._ct_summaries.retain(live)
         self._ct_statuses.retain(live)
-        return pb.ListContainersResponse.FromString(wire)
+        return wire  # a ListContainersResponse on the wire
 
     async def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: Any

@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc as pb_grpc
 
+from podling.api.unimplemented import fill_unimplemented
 from podling.errors import InvalidArgument
 from podling.image.registry import Credentials
 from podling.services.images import FsUsage, ImageService, image_user
@@ -70,14 +70,12 @@ def _spec(image: pb.ImageSpec | None, field: str = "image") -> str:
     return text
 
 
-class ImageServicer(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
+class ImageServicer:
     def __init__(self, images: ImageService, snapshots_dir: Any) -> None:
         self._images = images
         self._snapshots_dir = snapshots_dir
 
-    async def ListImages(
-        self, request: pb.ListImagesRequest, context: Any
-    ) -> pb.ListImagesResponse:
+    def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
         flt = request.filter.image.image if request.HasField("filter") else ""
         return pb.ListImagesResponse(
             images=[
@@ -85,9 +83,7 @@ class ImageServicer(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
             ]
         )
 
-    async def ImageStatus(
-        self, request: pb.ImageStatusRequest, context: Any
-    ) -> pb.ImageStatusResponse:
+    def ImageStatus(self, request: pb.ImageStatusRequest, context: Any) -> pb.ImageStatusResponse:
         rec = self._images.status(_spec(request.image))
         if rec is None:
             # CRI: "If the image isn't present, returns a response with
@@ -117,3 +113,6 @@ class ImageServicer(pb_grpc.ImageServiceServicer):  # type: ignore[misc]
             image_filesystems=[_fs_proto(image_fs)],
             container_filesystems=[_fs_proto(container_fs)],
         )
+
+
+fill_unimplemented(ImageServicer, pb.DESCRIPTOR.services_by_name["ImageService"])

@@ -125,12 +125,12 @@ class MetricsApi:
     _containers: ContainerService
     _stats: StatsCollector
 
-    async def ListMetricDescriptors(
+    def ListMetricDescriptors(
         self, request: pb.ListMetricDescriptorsRequest, context: Any
     ) -> pb.ListMetricDescriptorsResponse:
         return pb.ListMetricDescriptorsResponse(descriptors=descriptors())
 
-    async def ListPodSandboxMetrics(
+    def ListPodSandboxMetrics(
         self, request: pb.ListPodSandboxMetricsRequest, context: Any
     ) -> pb.ListPodSandboxMetricsResponse:
         return pb.ListPodSandboxMetricsResponse(

@@ -106,19 +106,18 @@ class PodsApi:
         await self._pods.remove(_id(request.pod_sandbox_id))
         return pb.RemovePodSandboxResponse()
 
-    async def PodSandboxStatus(
+    def PodSandboxStatus(
         self, request: pb.PodSandboxStatusRequest, context: Any
-    ) -> pb.PodSandboxStatusResponse:
+    ) -> pb.PodSandboxStatusResponse | bytes:
         rec = self._pods.get(request.pod_sandbox_id)
-        # parsed from the cached bytes: a new message, shared with nothing
-        resp = pb.PodSandboxStatusResponse.FromString(self._pod_statuses.field(rec))
-        if request.verbose:
-            resp.info.update(pod_verbose(rec))
+        wire = self._pod_statuses.field(rec)  # the reply itself, as the server sends it
+        if not request.verbose:
+            return wire
+        resp = pb.PodSandboxStatusResponse.FromString(wire)  # a new message, shared with nothing
+        resp.info.update(pod_verbose(rec))
         return resp
 
-    async def ListPodSandbox(
-        self, request: pb.ListPodSandboxRequest, context: Any
-    ) -> pb.ListPodSandboxResponse:
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> bytes:
         flt = request.filter if request.HasField("filter") else None
         pods = self._pods.list(flt)
         wire = b"".join([self._pod_summaries.field(p) for p in pods])
@@ -126,7 +125,7 @@ class PodsApi:
             live = {p.id for p in pods}
             self._pod_summaries.retain(live)
             self._pod_statuses.retain(live)
-        return pb.ListPodSandboxResponse.FromString(wire)
+        return wire  # a ListPodSandboxResponse on the wire
 
 
 def _id(value: str) -> str:

@@ -12,8 +12,9 @@ Contracts:
   (`fields`), compared on each lookup: a changed state, timestamp, exit code, IP... rebuilds
   it. There is no invalidation call anyone could forget. The unit tests check that each
   builder reads no field outside its list.
-- Never shared. An entry holds bytes only. A reply is parsed from them into a new message
-  (`FromString`), so nothing a caller does to its reply reaches the cache or another reply.
+- Never shared. An entry holds bytes only: the handlers return them as the reply itself
+  (podling's server sends bytes as they are), or parse a new message from them to add to
+  (verbose status), so nothing done to one reply reaches the cache or another reply.
 - Bounded. `retain` (called by unfiltered lists, which see every live id) drops the entries
   of removed records. Without lists, a lookup that grows the cache past max(64, twice its
   size after the last sweep) sweeps it against `live_ids()`: removed records' entries

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
-from cri_api.v1 import api_pb2_grpc as pb_grpc
 
 import podling
 from podling.api.containers import ContainersApi
@@ -32,7 +31,6 @@ class RuntimeServicer(
     ContainersApi,
     StreamsApi,
     MetricsApi,
-    pb_grpc.RuntimeServiceServicer,  # type: ignore[misc]
 ):
     def __init__(
         self,
@@ -54,7 +52,7 @@ class RuntimeServicer(
         """The config Status(verbose) reports from now on (after a config reload)."""
         self._cfg = cfg
 
-    async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
+    def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(
             version="0.1.0",
             runtime_name=RUNTIME_NAME,
@@ -62,7 +60,7 @@ class RuntimeServicer(
             runtime_api_version=RUNTIME_API_VERSION,
         )
 
-    async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+    def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
         handlers = self._pods.deps.handlers
         conds = [*runtime_conditions(handlers), network_condition(self._pods.deps.cni)]
         status = pb.RuntimeStatus(
@@ -91,7 +89,7 @@ class RuntimeServicer(
             features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
-    async def RuntimeConfig(
+    def RuntimeConfig(
         self, request: pb.RuntimeConfigRequest, context: Any
     ) -> pb.RuntimeConfigResponse:
         return pb.RuntimeConfigResponse(

@@ -175,7 +175,7 @@ class ContainersApi:
         return resp
 
     def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> bytes:
-        every = self._containers.store.containers()
+        every = self._containers.store.containers(shared=True)  # read only
         recs = [r for r in every if r.state != CT_CREATING]
         if request.HasField("filter"):
             recs = [r for r in recs if _matches(r, request.filter)]

@@ -103,8 +103,9 @@ class PodService:
         shutil.rmtree(rec.pod_dir, ignore_errors=True)
 
     def list(self, flt: pb.PodSandboxFilter | None) -> list[PodRecord]:
+        """The pods `flt` selects: the store's shared records, which callers only read."""
         # a pod still in RunPodSandbox has no id the caller could know yet
-        pods = [p for p in self.store.pods() if p.state != POD_CREATING]
+        pods = [p for p in self.store.pods(shared=True) if p.state != POD_CREATING]
         if flt is None:
             return pods
         if flt.id:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -98,9 +99,15 @@ def _clone(rec: R) -> R:
     return new
 
 
-def _ordered(recs: Iterator[R]) -> list[R]:
-    """Copies, oldest first (the order the tables are listed in)."""
-    return sorted((_clone(r) for r in recs), key=lambda r: r.created_ns)
+def _ordered(recs: Iterator[R], shared: bool) -> list[R]:
+    """Oldest first (the order the tables are listed in): copies, or with `shared` the
+    cached records themselves (see PodStore.pods)."""
+    out = list(recs) if shared else [_clone(r) for r in recs]
+    out.sort(key=_created)
+    return out
+
+
+_created = operator.attrgetter("created_ns")
 
 
 def _load(cls: type[R], row: sqlite3.Row | tuple[Any, ...], names: list[str]) -> R:
@@ -156,9 +163,13 @@ class PodStore:
             rec = self._pod_table().get(pod_id)
             return _clone(rec) if rec is not None else None
 
-    def pods(self) -> list[PodRecord]:
+    def pods(self, shared: bool = False) -> list[PodRecord]:
+        """Every pod, oldest first. Copies the caller may change; or, with `shared`, the
+        cached records themselves, which nobody may change (a write replaces a cached
+        record, never edits it): for readers of every record, as the kubelet's polls are,
+        where the copies were most of the cost."""
         with self._lock:
-            return _ordered(iter(self._pod_table().values()))
+            return _ordered(iter(self._pod_table().values()), shared)
 
     def delete_pod(self, pod_id: str) -> None:
         with self._writing(self._pod_table, pod_id, None) as c:
@@ -204,12 +215,13 @@ class PodStore:
             rec = self._ct_table().get(cid)
             return _clone(rec) if rec is not None else None
 
-    def containers(self, pod_id: str | None = None) -> list[ContainerRecord]:
+    def containers(self, pod_id: str | None = None, shared: bool = False) -> list[ContainerRecord]:
+        """The containers (of `pod_id`, if given), oldest first; `shared` as for pods()."""
         with self._lock:
             recs = iter(self._ct_table().values())
             if pod_id is None:
-                return _ordered(recs)
-            return _ordered(r for r in recs if r.pod_id == pod_id)
+                return _ordered(recs, shared)
+            return _ordered((r for r in recs if r.pod_id == pod_id), shared)
 
     def delete_container(self, cid: str) -> None:
         with self._writing(self._ct_table, cid, None) as c:

@@ -368,3 +368,30 @@ async def test_pod_filters_apply_with_the_cache_warm(api: Api) -> None:
     assert [p.id for p in web] == [pods[1].id, pods[3].id]
     assert web[0].annotations["note"] == "pod 1"
     assert len(await list_pods(api)) == 5
+
+
+# ---- whole list replies ----------------------------------------------------------------
+
+
+async def test_an_unchanged_store_answers_a_repeated_list_with_the_same_reply(api: Api) -> None:
+    _, cts = populate(api, 3)
+    first = api.ListContainers(pb.ListContainersRequest(), None)
+    assert api.ListContainers(pb.ListContainersRequest(), None) is first  # built once
+    by_id = pb.ListContainersRequest(filter=pb.ContainerFilter(id=cts[0].id))
+    assert len(parsed(api.ListContainers(by_id, None), LCR).containers) == 1  # own entry
+    assert len(parsed(api.ListContainers(pb.ListContainersRequest(), None), LCR).containers) == 3
+    pods_first = api.ListPodSandbox(pb.ListPodSandboxRequest(), None)
+    assert api.ListPodSandbox(pb.ListPodSandboxRequest(), None) is pods_first
+
+
+async def test_any_write_to_the_store_rebuilds_the_next_list(api: Api) -> None:
+    _, cts = populate(api, 2)
+    assert [c.state for c in await list_cts(api)] == [CREATED, CREATED]
+    assert len(await list_pods(api)) == 2
+    cts[0].state = "running"
+    api.store.update_container(cts[0])  # a container write: both lists rebuild
+    assert [c.state for c in await list_cts(api)] == [RUNNING, CREATED]
+    api.store.insert_pod(pod_rec(7))
+    assert len(await list_pods(api)) == 3
+    api.store.delete_container(cts[1].id)
+    assert [c.id for c in await list_cts(api)] == [cts[0].id]

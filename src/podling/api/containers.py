@@ -12,7 +12,7 @@ from cri_api.v1 import api_pb2 as pb
 from google.protobuf.json_format import ParseDict
 
 from podling.api.pods import pod_status
-from podling.api.reply_cache import ReplyCache, field_number
+from podling.api.reply_cache import ListCache, ReplyCache, field_number
 from podling.services.container_create import spec_of
 from podling.services.containers import ContainerService
 from podling.services.events import CREATED, DELETED, STARTED, Event, EventBus
@@ -136,6 +136,10 @@ class ContainersApi:
         number = field_number(pb.ListContainersResponse, "containers")
         return ReplyCache(ct_summary, SUMMARY_FIELDS, number, self._container_ids)
 
+    @functools.cached_property
+    def _ct_lists(self) -> ListCache:
+        return ListCache()
+
     def _container_ids(self) -> list[str]:
         return self._containers.store.ids_with_prefix("containers", "")
 
@@ -175,6 +179,11 @@ class ContainersApi:
         return resp
 
     def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> bytes:
+        generation = self._containers.store.generation
+        # a ListContainersResponse on the wire
+        return self._ct_lists.answer(generation, request, self._list_containers)
+
+    def _list_containers(self, request: pb.ListContainersRequest) -> bytes:
         every = self._containers.store.containers(shared=True)  # read only
         recs = [r for r in every if r.state != CT_CREATING]
         if request.HasField("filter"):
@@ -183,7 +192,7 @@ class ContainersApi:
         live = {r.id for r in every}
         self._ct_summaries.retain(live)
         self._ct_statuses.retain(live)
-        return wire  # a ListContainersResponse on the wire
+        return wire
 
     async def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: Any

@@ -8,7 +8,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 
-from podling.api.reply_cache import ReplyCache, field_number
+from podling.api.reply_cache import ListCache, ReplyCache, field_number
 from podling.services.pods import PodService
 from podling.services.validate import require
 from podling.store.pods import POD_READY, PodRecord
@@ -85,6 +85,10 @@ class PodsApi:
         number = field_number(pb.ListPodSandboxResponse, "items")
         return ReplyCache(pod_summary, SUMMARY_FIELDS, number, self._pod_ids)
 
+    @functools.cached_property
+    def _pod_lists(self) -> ListCache:
+        return ListCache()
+
     def _pod_ids(self) -> list[str]:
         return self._pods.store.ids_with_prefix("pods", "")
 
@@ -118,6 +122,10 @@ class PodsApi:
         return resp
 
     def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Any) -> bytes:
+        # a ListPodSandboxResponse on the wire
+        return self._pod_lists.answer(self._pods.store.generation, request, self._list_pods)
+
+    def _list_pods(self, request: pb.ListPodSandboxRequest) -> bytes:
         flt = request.filter if request.HasField("filter") else None
         pods = self._pods.list(flt)
         wire = b"".join([self._pod_summaries.field(p) for p in pods])
@@ -125,7 +133,7 @@ class PodsApi:
             live = {p.id for p in pods}
             self._pod_summaries.retain(live)
             self._pod_statuses.retain(live)
-        return wire  # a ListPodSandboxResponse on the wire
+        return wire
 
 
 def _id(value: str) -> str:

@@ -39,6 +39,7 @@ class _Record(Protocol):
 
 
 R = TypeVar("R", bound=_Record)
+M = TypeVar("M", bound=Message)
 
 
 def varint(n: int) -> bytes:
@@ -110,3 +111,34 @@ class ReplyCache(Generic[R]):
         keep = live if isinstance(live, (set, frozenset, dict)) else set(live)
         self._entries = {i: e for i, e in self._entries.items() if i in keep}
         self._limit = max(_MIN_LIMIT, 2 * len(self._entries))
+
+
+class ListCache:
+    """Whole list replies by request (its wire bytes), valid for one store generation.
+
+    The kubelet lists every second and nothing changed since the last time far more
+    often than not: then the whole reply is the one built last time. Any write to the
+    store moves its generation and empties this cache, so it is never stale; it holds
+    at most `size` distinct requests (filters) at a time.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self._size = size
+        self._generation = -1
+        self._replies: dict[bytes, bytes] = {}
+
+    def answer(self, generation: int, request: M, build: Callable[[M], bytes]) -> bytes:
+        """The reply to `request` at store `generation`: remembered, or `build(request)`."""
+        key = request.SerializeToString()
+        if generation == self._generation:
+            wire = self._replies.get(key)
+            if wire is not None:
+                return wire
+        else:
+            self._replies.clear()
+            self._generation = generation
+        wire = build(request)
+        if len(self._replies) >= self._size:
+            self._replies.clear()
+        self._replies[key] = wire
+        return wire

@@ -123,7 +123,9 @@ class PodStore:
 
     Contract: nothing else writes the pods and containers tables (true since this is
     their only writer), so the in-memory copy equals the committed rows. Every record
-    returned is the caller's own copy. Safe to use from several threads.
+    returned is the caller's own copy, unless asked for shared ones. `generation` grows
+    with every write to either table: equal generations, equal contents. Safe to use
+    from several threads.
     """
 
     def __init__(self, meta: MetadataStore) -> None:
@@ -133,6 +135,7 @@ class PodStore:
         self._lock = threading.RLock()
         self._pods: dict[str, PodRecord] | None = None
         self._cts: dict[str, ContainerRecord] | None = None
+        self.generation = 0
 
     # ---- pods ----------------------------------------------------------------------------
 
@@ -280,6 +283,7 @@ class PodStore:
 
     def _cached(self, table: Any, rid: str, rec: Any, *, insert: bool) -> None:
         with self._lock:
+            self.generation += 1
             cache = table()  # loads the table if needed: it then already has the write
             if rec is None:
                 cache.pop(rid, None)

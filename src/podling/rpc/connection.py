@@ -50,7 +50,9 @@ class Stream:
         self.dispatched = False
         self.responded = False  # a header block went out: what follows is data or trailers
         self.context: object = None  # the gRPC layer's state for this stream
-        self._pending: deque[tuple[int, bytes, bool]] = deque()
+        # (frame type, payload, end of stream); payloads are views: a large reply is cut
+        # into frames without copying what remains of it each time
+        self._pending: deque[tuple[int, memoryview, bool]] = deque()
         self._drained: asyncio.Event | None = None
 
     def send_headers(self, block: bytes, end_stream: bool = False, flush: bool = True) -> None:
@@ -73,7 +75,7 @@ class Stream:
         if self.cancelled or self.local_closed:
             return
         self.local_closed = end_stream
-        self._pending.append((kind, payload, end_stream))
+        self._pending.append((kind, memoryview(payload), end_stream))
         if flush:
             self.conn.flush(self)
 
@@ -83,7 +85,7 @@ class Stream:
         while self._pending:
             kind, payload, end = self._pending[0]
             if kind == f.HEADERS:
-                out.append(f.header_frames(self.id, payload, end, conn.peer_max_frame))
+                out.append(f.header_frames(self.id, bytes(payload), end, conn.peer_max_frame))
                 self._pending.popleft()
                 continue
             room = min(conn.send_window, self.window, conn.peer_max_frame)
@@ -91,7 +93,7 @@ class Stream:
                 break
             piece = payload[:room]
             last = len(piece) == len(payload)
-            out.append(f.frame(f.DATA, f.END_STREAM if end and last else 0, self.id, piece))
+            out.append(f.frame(f.DATA, f.END_STREAM if end and last else 0, self.id, bytes(piece)))
             conn.send_window -= len(piece)
             self.window -= len(piece)
             if last:

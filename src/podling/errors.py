@@ -1,6 +1,6 @@
 """The error tree. Each class names the gRPC status code it maps to.
 
-Services raise these; the gRPC interceptor maps them to a status once. This module
+Services raise these; the gRPC server (rpc/outcome.py) maps them to a status once. This module
 does not import grpc, so every layer below the API edge can use it. Messages are for
 the operator: they say what is wrong and, where possible, what to do about it.
 """

@@ -10,14 +10,10 @@ from podling.errors import Unimplemented
 
 
 def fill_unimplemented(cls: type[Any], service: ServiceDescriptor) -> type[Any]:
-    """Give `cls` an async method raising Unimplemented for each RPC it does not define.
-
-    The generated base servicer already answers UNIMPLEMENTED, but with a sync method and a
-    generic message; ours goes through the interceptor (so it is logged) and names the RPC.
-    """
-    generated = {k for k in cls.__mro__ if k.__module__.endswith("_pb2_grpc")}
+    """Give `cls` an async method raising Unimplemented for each RPC it does not define,
+    so every method of `service` has a handler that is logged and names the RPC."""
     for m in service.methods:
-        if any(m.name in k.__dict__ for k in cls.__mro__ if k not in generated):
+        if any(m.name in k.__dict__ for k in cls.__mro__):
             continue
 
         setattr(cls, m.name, _not_built(service.name, m.name, m.server_streaming))

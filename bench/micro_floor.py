@@ -4,10 +4,10 @@
 
 Each server runs in a process of its own on a unix socket in a temp dir; one synchronous
 Python client (the bench's) calls it `calls` times and prints p50/p99. Servers:
-grpc.aio bare, grpc.aio behind podling's LoggingErrorInterceptor (logging to /dev/null as
-the daemon's text format would), grpc's thread-pool server bare, and, when containerd is
-installed and this runs as root, containerd's own CRI Version (Go). The difference
-between the Go row and the Python rows is what no podling code can win back.
+grpc.aio bare, grpc's thread-pool server bare, podling's own server (podling.rpc, logging
+to /dev/null as the daemon's text format would; a successful Version logs at DEBUG, so
+not at all here), and, when containerd is installed and this runs as root, containerd's
+own CRI Version (Go).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ KINDS = {
 }
 
 
-class _AioVersion(pb_grpc.RuntimeServiceServicer):
+class _AsyncVersion(pb_grpc.RuntimeServiceServicer):
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(version="0.1.0", runtime_name="floor")
 
@@ -62,7 +62,7 @@ def serve(kind: str, socket: str) -> None:
 
 async def _serve_aio(socket: str) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_RuntimeServiceServicer_to_server(_AioVersion(), server)
+    pb_grpc.add_RuntimeServiceServicer_to_server(_AsyncVersion(), server)
     server.add_insecure_port(f"unix://{socket}")
     await server.start()
     await server.wait_for_termination()
@@ -77,7 +77,7 @@ async def _serve_podling(socket: str) -> None:
     logging.getLogger().handlers[:] = [handler]
     logging.getLogger().setLevel(logging.INFO)
     service = pb.DESCRIPTOR.services_by_name["RuntimeService"]
-    server = Server(service_methods(_AioVersion(), service))
+    server = Server(service_methods(_AsyncVersion(), service))
     server.bind(Path(socket))
     await server.start()
     await asyncio.Event().wait()

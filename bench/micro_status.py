@@ -44,7 +44,7 @@ def measure(pods: int, calls: int) -> dict[str, float]:
         started = [client.start_pod() for _ in range(pods)]
         out[f"daemon RSS, {pods} pods (MB)"] = rss_mb(daemon.pid)
         out |= status_lists(client, started, calls)
-        # the floor: an RPC that does no work (grpc.aio + interceptor + log line)
+        # the floor: an RPC that does no work (podling.rpc, no log line at INFO)
         req = pb.VersionRequest()
         floor = [timed(lambda: client.runtime.Version(req))[1] for _ in range(calls)]
         out["Version (floor), p50 (ms)"] = percentile(floor, 50)

@@ -72,7 +72,7 @@ def main(
     except ConfigError as e:
         click.echo(f"podlingd: {e}", err=True)
         sys.exit(2)
-    limit_arenas(2)  # before grpc's and asyncio's threads exist (oslib/memory.py)
+    limit_arenas(2)  # before asyncio's worker threads exist (oslib/memory.py)
     try:
         asyncio.run(_serve(cfg, loader))
     except PodlingError as e:

@@ -104,7 +104,8 @@ def unframe(body: bytes | bytearray) -> bytes:
 
 
 class Dispatcher:
-    """Runs each complete request of any connection as a task calling its Method."""
+    """Answers each complete request of any connection through its Method: a plain
+    function at once, an async one (or a stream) in a task of its own."""
 
     def __init__(self, methods: dict[str, Method], metrics: Metrics | None = None) -> None:
         self._methods = {path.encode(): m for path, m in methods.items()}

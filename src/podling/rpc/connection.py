@@ -180,8 +180,7 @@ class Connection(asyncio.Protocol):
 
     def flush(self, stream: Stream) -> None:
         out: list[bytes] = []
-        stream.take(out)
-        self._finish(stream, out)
+        self._send(stream, out)
         self._write(out)
 
     def goaway(self) -> None:
@@ -265,8 +264,7 @@ class Connection(asyncio.Protocol):
         stream = self.streams.get(sid)
         if stream is not None:
             stream.window += increment
-            stream.take(out)
-            self._finish(stream, out)
+            self._send(stream, out)
 
     def _headers(self, kind: int, flags: int, sid: int, payload: bytes, out: list[bytes]) -> None:
         if kind == f.HEADERS:
@@ -348,11 +346,12 @@ class Connection(asyncio.Protocol):
 
     def _flush_all(self, out: list[bytes]) -> None:
         for stream in list(self.streams.values()):
-            stream.take(out)
-            self._finish(stream, out)
+            self._send(stream, out)
 
-    def _finish(self, stream: Stream, out: list[bytes]) -> None:
-        """Forget a stream once its response is all sent (resetting an unfinished request)."""
+    def _send(self, stream: Stream, out: list[bytes]) -> None:
+        """What the windows let `stream` send, into `out`; then forget the stream if its
+        response is all sent (resetting its request if the client is still sending)."""
+        stream.take(out)
         if not stream.local_closed or stream.queued or self.streams.get(stream.id) is not stream:
             return
         del self.streams[stream.id]

@@ -9,8 +9,10 @@ returns the text that metrics_http.MetricsServer serves.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from podling.store.pods import (
     CT_CREATED,
@@ -92,8 +94,11 @@ class Counter(Metric):
     def inc(self, *labels: str, amount: float = 1.0) -> None:
         if amount < 0:
             raise ValueError(f"{self.name}: a counter cannot decrease")
-        self._labels(labels)
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        value = self.values.get(labels)
+        if value is None:  # a new label set: checked once (every RPC counts here)
+            self._labels(labels)
+            value = 0.0
+        self.values[labels] = value + amount
 
     def get(self, *labels: str) -> float:
         return self.values.get(labels, 0.0)
@@ -118,7 +123,7 @@ class Gauge(Metric):
 
 @dataclass
 class _Series:
-    counts: list[int]
+    counts: list[int]  # observations per bucket, not cumulative (the last one: above all)
     total: float = 0.0
     count: int = 0
 
@@ -132,18 +137,18 @@ class Histogram(Metric):
     kind = "histogram"
 
     def observe(self, *labels: str, value: float) -> None:
-        self._labels(labels)
-        s = self.series.setdefault(labels, _Series([0] * len(self.buckets)))
-        for i, bound in enumerate(self.buckets):
-            if value <= bound:
-                s.counts[i] += 1
+        s = self.series.get(labels)
+        if s is None:  # a new label set: checked once (every RPC is observed here)
+            self._labels(labels)
+            s = self.series[labels] = _Series([0] * (len(self.buckets) + 1))
+        s.counts[bisect_left(self.buckets, value)] += 1  # the first bound >= value
         s.total += value
         s.count += 1
 
     def samples(self) -> Iterator[Sample]:
         for key in sorted(self.series):
             s, labels = self.series[key], self._labels(key)
-            for bound, n in zip(self.buckets, s.counts, strict=True):
+            for bound, n in zip(self.buckets, accumulate(s.counts[:-1]), strict=True):
                 yield "_bucket", {**labels, "le": format_value(bound)}, n
             yield "_bucket", {**labels, "le": "+Inf"}, s.count
             yield "_sum", labels, s.total

@@ -86,6 +86,19 @@ def test_histogram_buckets_are_cumulative_with_sum_and_count() -> None:
     ]
 
 
+def test_histogram_bounds_are_inclusive_and_labels_checked() -> None:
+    h = Histogram("lat_seconds", "latency", ("m",), buckets=(0.1, 1.0))
+    for v in (0.1, 1.0, 1.0000001):
+        h.observe("V", value=v)
+    assert 'lat_seconds_bucket{m="V",le="0.1"} 1' in h.render()
+    assert 'lat_seconds_bucket{m="V",le="1"} 2' in h.render()
+    assert 'lat_seconds_bucket{m="V",le="+Inf"} 3' in h.render()
+    with pytest.raises(ValueError, match="takes labels"):
+        h.observe("V", "extra", value=0.5)
+    with pytest.raises(ValueError, match="takes labels"):
+        Counter("c", "a counter", ("m",)).inc()
+
+
 def test_gauge_is_computed_at_render_time() -> None:
     value = {"n": 1.0}
     g = Gauge("g", "a gauge", ("k",), lambda: {("a",): value["n"]})

@@ -22,8 +22,9 @@ from urllib.parse import quote
 
 from podling.metrics import Metrics
 from podling.rpc import frames
-from podling.rpc.connection import MAX_REQUEST, Stream
+from podling.rpc.connection import MAX_REQUEST
 from podling.rpc.outcome import CODES, Status, as_status, log_line
+from podling.rpc.stream import Headers, Stream
 
 CONTENT_TYPE = b"application/grpc"
 RESPONSE_HEADERS = frames.encode_block([(b":status", b"200"), (b"content-type", CONTENT_TYPE)])
@@ -57,7 +58,8 @@ class CallContext:
 
     def __init__(self, method: str, deadline: float | None) -> None:
         self.method = method
-        self.deadline = deadline  # loop time, or None: the client set no timeout
+        # time.monotonic() (the event loop's clock), or None: the client set no timeout
+        self.deadline = deadline
         self.ended_by: str | None = None  # DEADLINE_EXCEEDED / CANCELLED / UNAVAILABLE
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -66,7 +68,7 @@ class CallContext:
         """Seconds until the client's deadline, or None if it set none."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+        return max(0.0, self.deadline - time.monotonic())
 
 
 def trailers(status: Status, with_headers: bool) -> bytes:
@@ -110,6 +112,7 @@ class Dispatcher:
     def __init__(self, methods: dict[str, Method], metrics: Metrics | None = None) -> None:
         self._methods = {path.encode(): m for path, m in methods.items()}
         self._metrics = metrics
+        self._routes: dict[int, tuple[Headers, Method, float | None]] = {}  # see _route
         self.calls: set[CallContext] = set()
 
     def on_request(self, stream: Stream) -> None:
@@ -147,21 +150,19 @@ class Dispatcher:
             ctx.task.cancel()
 
     def _route(self, stream: Stream) -> tuple[Method, float | None]:
+        """The stream's method and deadline. What only the header block decides is worked
+        out once per block: streams of a repeated block share one headers dict."""
         headers = stream.headers
-        if not headers.get(b"content-type", b"").startswith(CONTENT_TYPE):
-            raise Status("INVALID_ARGUMENT", "content-type must be application/grpc")
-        path = headers.get(b":path", b"")
-        method = self._methods.get(path)
-        if method is None:
-            raise Status("UNIMPLEMENTED", f"unknown method {path.decode(errors='replace')}")
-        if headers.get(b"grpc-encoding", b"identity") != b"identity":
-            raise Status("UNIMPLEMENTED", "compressed requests are not supported: send identity")
+        known = self._routes.get(id(headers))
+        if known is None or known[0] is not headers:  # the dict is kept: its id is not reused
+            known = (headers, *_resolve(self._methods, headers))
+            if len(self._routes) >= 256:
+                self._routes.clear()
+            self._routes[id(headers)] = known
         if stream.too_large:
             raise Status("RESOURCE_EXHAUSTED", f"request larger than {MAX_REQUEST - 5} bytes")
-        timeout = headers.get(b"grpc-timeout")
-        if timeout is None:
-            return method, None
-        return method, asyncio.get_running_loop().time() + parse_timeout(timeout)
+        timeout = known[2]
+        return known[1], None if timeout is None else time.monotonic() + timeout
 
     def _run_now(self, stream: Stream, method: Method, ctx: CallContext) -> None:
         """A handler that never waits, called on the spot: no task, no loop iteration."""
@@ -215,11 +216,23 @@ class Dispatcher:
         stream.send_headers(OK_TRAILERS, end_stream=True)
 
 
+def _resolve(methods: dict[bytes, Method], headers: Headers) -> tuple[Method, float | None]:
+    """The method a request's headers call, and its timeout in seconds (None: none)."""
+    if not headers.get(b"content-type", b"").startswith(CONTENT_TYPE):
+        raise Status("INVALID_ARGUMENT", "content-type must be application/grpc")
+    path = headers.get(b":path", b"")
+    method = methods.get(path)
+    if method is None:
+        raise Status("UNIMPLEMENTED", f"unknown method {path.decode(errors='replace')}")
+    if headers.get(b"grpc-encoding", b"identity") != b"identity":
+        raise Status("UNIMPLEMENTED", "compressed requests are not supported: send identity")
+    timeout = headers.get(b"grpc-timeout")
+    return method, None if timeout is None else parse_timeout(timeout)
+
+
 def _reply(stream: Stream, reply: bytes) -> None:
     """A unary call's whole response, in one write when the windows allow."""
-    stream.send_headers(RESPONSE_HEADERS, flush=False)
-    stream.send_data(framed(reply), flush=False)
-    stream.send_headers(OK_TRAILERS, end_stream=True)
+    stream.respond(RESPONSE_HEADERS, framed(reply), OK_TRAILERS)
 
 
 _ENDED = {

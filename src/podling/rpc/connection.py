@@ -4,9 +4,10 @@ What this layer guarantees the gRPC layer above it (`calls`):
 - `on_request(stream)` is called once per stream: when its request is complete (the
   client's END_STREAM), or as soon as its body passes MAX_REQUEST (`stream.too_large`
   is then set and the body is not kept).
-- `Stream.send_*` never blocks and never sends more DATA than the peer's windows allow:
-  what does not fit waits in the stream and goes out as WINDOW_UPDATEs arrive, in order
-  (trailers never overtake data). `await stream.drained()` waits for that queue to empty.
+- `Stream.send_*` and `Stream.respond` never block and never send more DATA than the
+  peer's windows allow: what does not fit waits in the stream and goes out as
+  WINDOW_UPDATEs arrive, in order (trailers never overtake data). `await
+  stream.drained()` waits for that queue to empty.
 - When the client resets a stream or the connection is lost, `stream.cancelled` is set
   and `on_cancel(stream)` is called; nothing more is sent on it.
 Protocol errors end the connection with GOAWAY and the error's code.
@@ -16,106 +17,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import cast
 
 from hpack import Decoder, HPACKError
 
 from podling.rpc import frames as f
+from podling.rpc.stream import Headers, Stream
 
 log = logging.getLogger("podling.rpc")
 
 MAX_STREAMS = 1000  # concurrent streams a client may open
 MAX_HEADER_LIST = 65536  # decoded header bytes a request may carry
+READ_SIZE = 64 << 10  # read at most this much per wakeup: frames are at most 16 KiB
 MAX_REQUEST = (4 << 20) + 5  # one message of 4 MiB (gRPC's default limit) and its prefix
 STREAM_WINDOW = 8 << 20  # what a client may send on one stream: more than MAX_REQUEST
 CONNECTION_WINDOW = 64 << 20  # and on the whole connection, refilled as it is read
 _REFILL_AT = CONNECTION_WINDOW // 2
 
 
-class Stream:
-    """One request/response exchange. `headers` are the request's, decoded (raw bytes)."""
+class Connection(asyncio.BufferedProtocol):
+    """The server side of one HTTP/2 connection (prior knowledge: no upgrade, no TLS).
 
-    def __init__(self, conn: Connection, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.conn = conn
-        self.id = sid
-        self.headers = dict(headers)
-        self.body = bytearray()
-        self.window = conn.peer_initial_window
-        self.remote_closed = False
-        self.local_closed = False
-        self.cancelled = False
-        self.too_large = False
-        self.dispatched = False
-        self.responded = False  # a header block went out: what follows is data or trailers
-        self.context: object = None  # the gRPC layer's state for this stream
-        # (frame type, payload, end of stream); payloads are views: a large reply is cut
-        # into frames without copying what remains of it each time
-        self._pending: deque[tuple[int, memoryview, bool]] = deque()
-        self._drained: asyncio.Event | None = None
-
-    def send_headers(self, block: bytes, end_stream: bool = False, flush: bool = True) -> None:
-        """Queue a header block (response headers, or trailers with `end_stream`)."""
-        self._queue(f.HEADERS, block, end_stream, flush)
-        self.responded = True
-
-    def send_data(self, data: bytes, flush: bool = True) -> None:
-        """Queue `data`; with flush=False it waits for the next queued part (one write)."""
-        self._queue(f.DATA, data, False, flush)
-
-    async def drained(self) -> None:
-        """Return once everything queued is sent (or the stream is gone)."""
-        while self._pending and not self.cancelled:
-            self._drained = self._drained or asyncio.Event()
-            self._drained.clear()
-            await self._drained.wait()
-
-    def _queue(self, kind: int, payload: bytes, end_stream: bool, flush: bool) -> None:
-        if self.cancelled or self.local_closed:
-            return
-        self.local_closed = end_stream
-        self._pending.append((kind, memoryview(payload), end_stream))
-        if flush:
-            self.conn.flush(self)
-
-    def take(self, out: list[bytes]) -> None:
-        """Move what the windows allow from the queue into `out` (called by Connection)."""
-        conn = self.conn
-        while self._pending:
-            kind, payload, end = self._pending[0]
-            if kind == f.HEADERS:
-                out.append(f.header_frames(self.id, bytes(payload), end, conn.peer_max_frame))
-                self._pending.popleft()
-                continue
-            room = min(conn.send_window, self.window, conn.peer_max_frame)
-            if room <= 0 and payload:
-                break
-            piece = payload[:room]
-            last = len(piece) == len(payload)
-            out.append(f.frame(f.DATA, f.END_STREAM if end and last else 0, self.id, bytes(piece)))
-            conn.send_window -= len(piece)
-            self.window -= len(piece)
-            if last:
-                self._pending.popleft()
-            else:
-                self._pending[0] = (kind, payload[len(piece) :], end)
-        if not self._pending and self._drained is not None:
-            self._drained.set()
-
-    @property
-    def queued(self) -> bool:
-        return bool(self._pending)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._pending.clear()
-        if self._drained is not None:
-            self._drained.set()
-
-
-class Connection(asyncio.Protocol):
-    """The server side of one HTTP/2 connection (prior knowledge: no upgrade, no TLS)."""
+    A buffered protocol: the socket is read into one buffer kept for the connection's
+    life. A plain Protocol is handed a new bytes object per read, which CPython allocates
+    at asyncio's 256 KiB read size: an mmap, an mremap and a munmap per request (seen
+    with strace), about as long as parsing the request itself.
+    """
 
     def __init__(
         self, on_request: Callable[[Stream], None], on_cancel: Callable[[Stream], None]
@@ -123,9 +51,10 @@ class Connection(asyncio.Protocol):
         self._on_request = on_request
         self._on_cancel = on_cancel
         self.transport: asyncio.Transport | None = None
-        self._reader = f.FrameReader()
+        self._scratch = memoryview(bytearray(READ_SIZE))  # what the socket is read into
+        self._rest = b""  # the start of a frame whose end is not read yet
         self._decoder = Decoder(MAX_HEADER_LIST)
-        self._known: dict[bytes, list[tuple[bytes, bytes]]] = {}  # see _decode
+        self._known: dict[bytes, Headers] = {}  # see _decode
         self._preface = b""
         self._fragments: tuple[int, int, bytearray] | None = None  # sid, flags, block
         self.streams: dict[int, Stream] = {}
@@ -137,7 +66,7 @@ class Connection(asyncio.Protocol):
         self.closing = False
         self.on_lost: Callable[[Connection], None] | None = None  # the server's bookkeeping
 
-    # --- asyncio.Protocol
+    # --- asyncio.BufferedProtocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -151,13 +80,19 @@ class Connection(asyncio.Protocol):
         grow = CONNECTION_WINDOW - f.DEFAULT_WINDOW
         transport.write(f.settings(own) + f.window_update(0, grow))
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._scratch[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
+        """Act on every whole frame `data` completes; keep a partial one for later."""
         out: list[bytes] = []
         try:
             if len(self._preface) < len(f.PREFACE):
                 data = self._read_preface(data)
-            for kind, flags, sid, payload in self._reader.feed(data):
-                self._frame(kind, flags, sid, payload, out)
+            self._frames(self._rest + data if self._rest else data, out)
         except f.ConnectionError_ as e:
             log.warning("closing a CRI connection: %s", e.reason)
             self._write(out)
@@ -181,6 +116,11 @@ class Connection(asyncio.Protocol):
     def flush(self, stream: Stream) -> None:
         out: list[bytes] = []
         self._send(stream, out)
+        self._write(out)
+
+    def finish(self, stream: Stream, out: list[bytes]) -> None:
+        """Write `out`, the last of what `stream` sends, and forget the stream."""
+        self._forget(stream, out)
         self._write(out)
 
     def goaway(self) -> None:
@@ -209,13 +149,31 @@ class Connection(asyncio.Protocol):
             raise f.ConnectionError_(f.PROTOCOL_ERROR, "not an HTTP/2 client (bad preface)")
         return data[need:]
 
+    def _frames(self, data: bytes, out: list[bytes]) -> None:
+        start, have = 0, len(data)
+        while have - start >= 9:
+            size = int.from_bytes(data[start : start + 3], "big")
+            if size > f.DEFAULT_MAX_FRAME:  # the largest we allow (we never raise it)
+                raise f.ConnectionError_(f.FRAME_SIZE_ERROR, f"a {size}-byte frame")
+            end = start + 9 + size
+            if have < end:
+                break
+            sid = int.from_bytes(data[start + 5 : start + 9], "big") & f.MAX_WINDOW
+            kind, flags, payload = data[start + 3], data[start + 4], data[start + 9 : end]
+            start = end
+            self._frame(kind, flags, sid, payload, out)
+        self._rest = data[start:]
+
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes, out: list[bytes]) -> None:
         if self._fragments is not None and kind != f.CONTINUATION:
             raise f.ConnectionError_(f.PROTOCOL_ERROR, "a header block was interrupted")
-        if kind == f.DATA:
-            self._data(flags, sid, payload, out)
-        elif kind in (f.HEADERS, f.CONTINUATION):
+        # most frequent first: a call is HEADERS, WINDOW_UPDATEs and DATA
+        if kind == f.HEADERS or kind == f.CONTINUATION:
             self._headers(kind, flags, sid, payload, out)
+        elif kind == f.WINDOW_UPDATE:
+            self._window_update(sid, payload, out)
+        elif kind == f.DATA:
+            self._data(flags, sid, payload, out)
         elif kind == f.SETTINGS:
             if sid:
                 raise f.ConnectionError_(f.PROTOCOL_ERROR, "SETTINGS on a stream")
@@ -226,8 +184,6 @@ class Connection(asyncio.Protocol):
                 raise f.ConnectionError_(f.PROTOCOL_ERROR, "malformed PING")
             if not flags & f.ACK:
                 out.append(f.frame(f.PING, f.ACK, 0, payload))
-        elif kind == f.WINDOW_UPDATE:
-            self._window_update(sid, payload, out)
         elif kind == f.RST_STREAM:
             stream = self.streams.get(sid)
             if stream is not None:
@@ -282,18 +238,21 @@ class Connection(asyncio.Protocol):
             self._fragments = None
             self._header_block(sid, first_flags, bytes(block), out)
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """The header list of `block`. A block of one-byte table references only changes
-        no decoder state, so its list is remembered until a block that could changes it:
-        clients repeat such blocks for every call of a method (hpack takes ~25 µs each).
+    def _decode(self, block: bytes) -> Headers:
+        """The headers of `block` (the last of a repeated name wins). A block of one-byte
+        table references only changes no decoder state, so its headers are remembered
+        until a block that could changes it: clients repeat such blocks for every call
+        of a method (hpack takes ~25 µs each). Streams share the remembered dict.
         """
+        known = self._known.get(block)
+        if known is not None:  # only pure blocks are ever remembered
+            return known
         pure = bool(block) and min(block) >= 0x80 and 0xFF not in block
-        if pure and block in self._known:
-            return self._known[block]
         try:
-            headers = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
+            fields = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
         except HPACKError as e:
             raise f.ConnectionError_(f.COMPRESSION_ERROR, f"bad header block: {e}") from None
+        headers = dict(fields)
         if not pure or len(self._known) >= 64:
             self._known.clear()
         if pure:
@@ -352,6 +311,9 @@ class Connection(asyncio.Protocol):
         """What the windows let `stream` send, into `out`; then forget the stream if its
         response is all sent (resetting its request if the client is still sending)."""
         stream.take(out)
+        self._forget(stream, out)
+
+    def _forget(self, stream: Stream, out: list[bytes]) -> None:
         if not stream.local_closed or stream.queued or self.streams.get(stream.id) is not stream:
             return
         del self.streams[stream.id]

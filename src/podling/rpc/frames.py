@@ -134,30 +134,3 @@ def encode_block(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """`headers` as an HPACK block of never-indexed literals: valid on any connection."""
     fields = [NeverIndexedHeaderTuple(name, value) for name, value in headers]
     return Encoder().encode(fields, huffman=False)
-
-
-class FrameReader:
-    """Splits a byte stream into frames; refuses frames longer than `max_frame`."""
-
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self._buf = bytearray()
-        self._max = max_frame
-
-    def feed(self, data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-        """Every whole frame now buffered, as (type, flags, stream id, payload)."""
-        buf = self._buf
-        buf += data
-        start = 0
-        try:
-            while len(buf) - start >= 9:
-                size = int.from_bytes(buf[start : start + 3], "big")
-                if size > self._max:
-                    raise ConnectionError_(FRAME_SIZE_ERROR, f"a {size}-byte frame")
-                end = start + 9 + size
-                if len(buf) < end:
-                    break
-                stream = int.from_bytes(buf[start + 5 : start + 9], "big") & MAX_WINDOW
-                yield buf[start + 3], buf[start + 4], stream, bytes(buf[start + 9 : end])
-                start = end
-        finally:
-            del buf[:start]

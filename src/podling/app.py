@@ -84,6 +84,10 @@ class App:
             self.pods.deps.cni.ensure_config()
         except PodlingError as e:
             log.error("no usable CNI network: %s", e.message)  # Status says NetworkReady false
+        try:
+            await self.pods.deps.cni.start()
+        except PodlingError as e:  # pods already running keep the rules they had
+            log.error("masquerading of the default network: %s", e.message)
         await recover(self.pods, self.containers)
         await self.images.sweep()
         self._tasks.append(asyncio.create_task(watch_exits(self.containers), name="exits"))

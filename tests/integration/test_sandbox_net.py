@@ -1,9 +1,10 @@
 """Pinned namespaces and CNI networking for real: the kernel, CNI plugins 1.1.1
 (/usr/lib/cni: loopback, bridge, host-local, portmap), iptables.
 
-Resources of this module: bridges plt1..plt4, addresses in 10.91.0.0/16, dirs under
-tmp_path; iptables rules only those the plugins make for these pods. Traffic goes only to
-127.0.0.1 and to the pods' addresses inside network namespaces made here.
+Resources of this module: bridges plt1..plt4, the veth plt-out, addresses in
+10.91.0.0/16 and 10.92.0.0/30, dirs under tmp_path; iptables rules only those the
+plugins and podling's masquerading make for these pods. Traffic goes only to 127.0.0.1,
+to the pods' addresses and to 10.92.0.2, all inside network namespaces made here.
 
 hostPort on 127.0.0.1: the default conflist sets portmap's "snat": true. The plugin then
 sets net.ipv4.conf.<bridge>.route_localnet=1 itself (so a packet from 127.0.0.1 may be
@@ -14,6 +15,7 @@ answer comes back); nothing else is needed (checked by test_port_mapping_on_loca
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import threading
@@ -27,6 +29,7 @@ from podling.errors import AlreadyExists, Internal, InvalidArgument, NotFound, U
 from podling.oslib import ns
 from podling.sandbox import portmap
 from podling.sandbox.cni import CniManager, DefaultNetwork, PortMapping
+from podling.sandbox.masquerade import chain_name
 from podling.sandbox.namespaces import PinnedNamespaces, pin_namespaces, unpin
 from podling.sandbox.ns_thread import run_in_namespace, run_in_netns
 
@@ -65,6 +68,7 @@ class Env:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.bridges: list[str] = []
+        self.links: list[str] = []  # other interfaces of the host's, deleted at the end
         self.pinned: list[PinnedNamespaces] = []
         self.added: list[tuple[CniManager, str, Path]] = []
 
@@ -113,9 +117,9 @@ class Env:
         t.join()
         for p in self.pinned:
             unpin(p)
-        for bridge in self.bridges:
-            if run("ip", "-o", "link", "show", bridge):
-                run("ip", "link", "del", bridge)
+        for link in self.bridges + self.links:
+            if run("ip", "-o", "link", "show", link):
+                run("ip", "link", "del", link)
 
 
 @pytest.fixture
@@ -132,9 +136,11 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 class PodServer:
     """A TCP listener on 0.0.0.0:<port> inside a netns; answers each connection with
-    `reply` from a thread (the socket stays in the pod's netns)."""
+    `reply` (None: the peer's address) from a thread (the socket stays in the netns)."""
 
-    def __init__(self, netns: Path, port: int = 8080, reply: bytes = b"hello from the pod") -> None:
+    def __init__(
+        self, netns: Path, port: int = 8080, reply: bytes | None = b"hello from the pod"
+    ) -> None:
         self.reply = reply
         self.sock = run_in_netns(netns, lambda: socket.create_server(("0.0.0.0", port)))
         self.sock.settimeout(0.1)
@@ -145,11 +151,11 @@ class PodServer:
     def _serve(self) -> None:
         while not self.stop.is_set():
             try:
-                conn, _ = self.sock.accept()
+                conn, peer = self.sock.accept()
             except TimeoutError:
                 continue
             with conn:
-                conn.sendall(self.reply)
+                conn.sendall(self.reply or peer[0].encode())
 
     def close(self) -> None:
         self.stop.set()
@@ -301,7 +307,8 @@ async def test_add_reach_and_delete(env: Env) -> None:
     ips = await env.add(m, "plt-sb-a", p.net)
     assert len(ips) == 1 and ips[0].startswith("10.91.1.")
     assert (env.tmp / "cni1/ipam/plt1net" / ips[0]).exists()
-    assert nat_rules_naming("plt-sb-a")  # the bridge's masquerade rules
+    assert nat_rules_naming("plt-sb-a") == []  # the bridge plugin masquerades nothing...
+    assert len(nat_rules_naming(chain_name("10.91.1.0/24"))) == 5  # ...podling does
     assert veths_on("plt1")
     assert "lo" in run_in_netns(p.net, lambda: dict(socket.if_nameindex()).values())
     server = PodServer(p.net)
@@ -311,13 +318,54 @@ async def test_add_reach_and_delete(env: Env) -> None:
         server.close()
     await m.delete("plt-sb-a", p.net)
     assert not (env.tmp / "cni1/ipam/plt1net" / ips[0]).exists()
-    assert nat_rules_naming("plt-sb-a") == []
+    assert nat_rules_naming(chain_name("10.91.1.0/24")) == []  # its last pod is gone
     assert veths_on("plt1") == ""
     assert not (env.tmp / "cni1/cache/plt-sb-a.json").exists()
     await m.delete("plt-sb-a", p.net)  # twice is fine
 
 
+async def test_one_masquerade_chain_for_the_subnet_while_pods_use_it(env: Env) -> None:
+    m = env.manager(1)
+    a, b = env.pin("a"), env.pin("b")
+    assert a.net is not None and b.net is not None
+    await env.add(m, "plt-sb-m1", a.net)
+    await env.add(m, "plt-sb-m2", b.net)
+    assert len(nat_rules_naming(chain_name("10.91.1.0/24"))) == 5  # not one per pod
+    await m.delete("plt-sb-m1", a.net)
+    assert len(nat_rules_naming(chain_name("10.91.1.0/24"))) == 5
+    restarted = env.manager(1)  # a daemon restart: the chain is kept for the pod left
+    await restarted.start()
+    assert len(nat_rules_naming(chain_name("10.91.1.0/24"))) == 5
+    await restarted.delete("plt-sb-m2", b.net)
+    assert nat_rules_naming(chain_name("10.91.1.0/24")) == []
+
+
+async def test_traffic_leaving_the_subnet_is_masqueraded(env: Env) -> None:
+    # "outside": a netns of this test behind a veth of the host (10.92.0.1/30 on the
+    # host, 10.92.0.2/30 inside), with no route back to the pods' subnet: an answer
+    # arrives only if the pod's address was masqueraded to the host's
+    m = env.manager(1)
+    pod, outside = env.pin("pod"), env.pin("outside")
+    assert pod.net is not None and outside.net is not None
+    inside = ("nsenter", f"--net={outside.net}", "ip")
+    env.links.append("plt-out")
+    peer = ("peer", "name", "plt-out", "netns", str(os.getpid()))  # the host's netns
+    run(*inside, "link", "add", "plt-out-in", "type", "veth", *peer)
+    run(*inside, "addr", "add", "10.92.0.2/30", "dev", "plt-out-in")
+    run(*inside, "link", "set", "plt-out-in", "up")
+    run("ip", "addr", "add", "10.92.0.1/30", "dev", "plt-out")
+    run("ip", "link", "set", "plt-out", "up")
+    await env.add(m, "plt-sb-out", pod.net)
+    server = PodServer(outside.net, reply=None)  # answers with the address it sees
+    try:
+        seen = run_in_netns(pod.net, lambda: fetch("10.92.0.2", 8080))
+    finally:
+        server.close()
+    assert seen == b"10.92.0.1"
+
+
 async def test_port_mapping_on_localhost(env: Env) -> None:
+
     m = env.manager(2)
     p = env.pin("pod")
     assert p.net is not None
@@ -345,7 +393,8 @@ async def test_delete_after_unpin(env: Env) -> None:
     unpin(p)
     await m.delete("plt-sb-gone", p.net)
     assert not (env.tmp / "cni1/ipam/plt1net" / ips[0]).exists()
-    assert nat_rules_naming("plt-sb-gone") == []  # masquerade rules too (scratch netns)
+    assert nat_rules_naming("plt-sb-gone") == []  # portmap's, through a scratch netns
+    assert nat_rules_naming(chain_name("10.91.1.0/24")) == []
     assert veths_on("plt1") == ""
     assert mounts_under(env.tmp) == []
     assert sorted(x.name for x in (env.tmp / "cni1/cache").iterdir()) == []

@@ -32,6 +32,7 @@ from podling.sandbox.cni_config import (
     pod_ips,
     runtime_config,
 )
+from tests.unit.test_masquerade import FakeIptables
 
 # --- pure pieces ---------------------------------------------------------------------
 
@@ -41,7 +42,8 @@ def test_default_conflist(tmp_path: Path) -> None:
     assert conf["cniVersion"] == "1.0.0" and conf["name"] == "podling"
     bridge, portmap = conf["plugins"]
     assert bridge["type"] == "bridge" and bridge["bridge"] == "plt1"
-    assert bridge["isGateway"] and bridge["ipMasq"] and bridge["hairpinMode"]
+    assert bridge["isGateway"] and bridge["hairpinMode"]
+    assert bridge["ipMasq"] is False and conf["podlingMasquerade"] == "10.91.0.0/16"
     assert bridge["ipam"]["type"] == "host-local"
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.91.0.0/16"}]]
     assert bridge["ipam"]["dataDir"] == str(tmp_path)
@@ -211,6 +213,7 @@ class Fake:
         self.conf.mkdir()
         # no `ip` on PATH: a gone netns is then passed as "" without a scratch netns
         env = {"PATH": str(tmp_path / "nobin")}
+        self.iptables = FakeIptables()
         self.manager = CniManager(
             self.conf,
             [self.bin],
@@ -218,6 +221,7 @@ class Fake:
             tmp_path / "ipam",
             DefaultNetwork(),
             environ=env,
+            masquerade=self.iptables.masquerade(),
         )
 
     def add_plugin(self, name: str) -> None:
@@ -433,3 +437,64 @@ async def test_status_ready(fake: Fake) -> None:
     (fake.bin / "fportmap").unlink()
     ready, msg = fake.manager.status()
     assert not ready and msg.endswith(": fportmap")
+
+
+# --- podling's masquerading (podlingMasquerade in the conflist) ---------------------
+
+
+def masquerading_chain(fake: Fake, subnet: object = "10.91.0.0/16") -> None:
+    chain(fake)
+    path = fake.conf / "10-fake.conflist"
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), podlingMasquerade=subnet)))
+
+
+async def test_pods_hold_the_masquerade_chain_from_add_to_delete(fake: Fake) -> None:
+    masquerading_chain(fake)
+    await add(fake, "sb1")
+    await add(fake, "sb2")
+    assert fake.iptables.take() == ["iptables-restore --noflush", "iptables -C", "iptables -A"]
+    await fake.manager.delete("sb1", None)
+    assert fake.iptables.take() == []
+    await fake.manager.delete("sb2", None)
+    assert fake.iptables.take() == ["iptables -D", "iptables -F", "iptables -X"]
+
+
+async def test_a_failed_add_releases_its_hold(fake: Fake) -> None:
+    masquerading_chain(fake)
+    await add(fake, "sb1")
+    fake.iptables.take()
+    path = fake.conf / "10-fake.conflist"
+    doc = json.loads(path.read_text())
+    doc["plugins"][1]["fail"] = {"ADD": {"code": 7, "msg": "no chain"}}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(Internal, match="no chain"):
+        await add(fake, "sb2")
+    assert fake.iptables.take() == []  # sb1 still holds it
+    await fake.manager.delete("sb1", None)
+    assert fake.iptables.take() == ["iptables -D", "iptables -F", "iptables -X"]
+
+
+async def test_start_counts_the_pods_in_the_cache(fake: Fake) -> None:
+    masquerading_chain(fake)
+    await add(fake, "sb1")
+    fresh = FakeIptables()
+    restarted = CniManager(
+        fake.conf,
+        [fake.bin],
+        fake.root / "cache",
+        fake.root / "ipam",
+        DefaultNetwork(),
+        environ={"PATH": str(fake.root / "nobin")},
+        masquerade=fresh.masquerade(),
+    )
+    await restarted.start()
+    assert "iptables-restore --noflush" in fresh.take()  # made sure of for sb1
+    await restarted.delete("sb1", None)
+    assert fresh.take() == ["iptables -D", "iptables -F", "iptables -X"]
+
+
+async def test_a_bad_masquerade_subnet_is_refused_before_anything_runs(fake: Fake) -> None:
+    masquerading_chain(fake, "10.91.0.0/33")
+    with pytest.raises(FailedPrecondition, match=r"podlingMasquerade '10\.91\.0\.0/33'"):
+        await add(fake, "sb1")
+    assert fake.calls() == [] and fake.iptables.take() == []

@@ -29,10 +29,8 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,7 @@ from podling.errors import (
     PodlingError,
     Unavailable,
 )
-from podling.sandbox import namespaces, ns_thread, portmap
+from podling.sandbox import namespaces, portmap
 from podling.sandbox.cni_config import (
     DEFAULT_CONFIG_NAME,
     CniResult,
@@ -56,6 +54,7 @@ from podling.sandbox.cni_config import (
     find_config_file,
     find_plugin,
     load_config_list,
+    masquerade_subnet,
     parse_result,
     passes_prev_result_on_del,
     plugin_env,
@@ -64,9 +63,10 @@ from podling.sandbox.cni_config import (
     plugin_types,
     pod_ips,
     runtime_config,
-    sandbox_addresses,
     write_json,
 )
+from podling.sandbox.cni_scratch import scratch_netns
+from podling.sandbox.masquerade import Masquerade
 
 __all__ = ["CniManager", "CniResult", "DefaultNetwork", "PortMapping"]
 
@@ -91,6 +91,7 @@ class CniManager:
         *,
         timeout: float = 60.0,
         environ: Mapping[str, str] | None = None,
+        masquerade: Masquerade | None = None,
     ) -> None:
         self._conf_dir = conf_dir
         self._bin_dirs = list(bin_dirs)
@@ -99,6 +100,20 @@ class CniManager:
         self._default = default
         self._timeout = timeout
         self._environ = dict(os.environ if environ is None else environ)
+        self._masquerade = masquerade or Masquerade()
+
+    async def start(self) -> None:
+        """At daemon start, before any add or delete: the masquerade chains of podling's
+        default network made to match the pods that have networking (masquerade.py)."""
+        held = []
+        for path in sorted(self._cache_dir.glob("*.json")):
+            try:
+                record = self._read_cache(path.stem)
+            except PodlingError as e:
+                log.warning("%s", e.message)
+                continue
+            held += _masquerade_subnets(record) if record else []
+        await self._masquerade.start(held)
 
     # --- config ----------------------------------------------------------------------
 
@@ -168,7 +183,8 @@ class CniManager:
             raise AlreadyExists(
                 f"pod {sandbox_id} already has CNI networking (cache {cache}): delete it first"
             )
-        config = load_config_list(self.ensure_config())
+        path = self.ensure_config()
+        config = load_config_list(path)
         missing = self._missing(plugin_types(config))
         if missing:
             dirs = ", ".join(str(d) for d in self._bin_dirs)
@@ -176,6 +192,7 @@ class CniManager:
                 f"CNI plugin(s) {', '.join(missing)} not found in {dirs}: install them "
                 "(containernetworking-plugins) or fix the CNI bin dirs"
             )
+        subnet = masquerade_subnet(config, str(path))
         record: dict[str, Any] = {
             "version": _CACHE_VERSION,
             "sandbox_id": sandbox_id,
@@ -194,7 +211,13 @@ class CniManager:
         # Not fsync'd (2 x 1-3 ms per pod on ext4), as libcni does not: a daemon crash
         # loses nothing, and what a power loss could cost is gone with the reboot anyway
         # (the namespaces; the state dir is normally a tmpfs). See _read_cache.
-        write_json(cache, record, durable=False)
+        if subnet is not None:  # held before the cache is written: delete() releases it
+            await self._masquerade.hold(subnet)
+        try:
+            write_json(cache, record, durable=False)
+        except BaseException:
+            await self._release(record)
+            raise
         try:
             for net in record["networks"]:
                 result = await self._add_network(record, net)
@@ -225,6 +248,7 @@ class CniManager:
             )
             return
         self._cache_path(record["sandbox_id"]).unlink(missing_ok=True)
+        await self._release(record)
 
     async def delete(self, sandbox_id: str, netns: Path | None) -> None:
         """Tear down what add() set up, with the configs it used. Idempotent: nothing
@@ -238,11 +262,16 @@ class CniManager:
                 await self._delete_record(record, str(candidate))
                 break
         else:
-            async with self._scratch_netns(record) as scratch:
+            async with scratch_netns(record, self._cache_dir, self._environ.get("PATH")) as scratch:
                 await self._delete_record(record, scratch)
         self._cache_path(sandbox_id).unlink(missing_ok=True)
+        await self._release(record)
         if record["runtime_config"].get("portMappings"):
             await asyncio.to_thread(portmap.release_unused_chains)
+
+    async def _release(self, record: Mapping[str, Any]) -> None:
+        for subnet in _masquerade_subnets(record):
+            await self._masquerade.release(subnet)
 
     async def _delete_record(
         self, record: dict[str, Any], netns: str, *, forgive: str = ""
@@ -333,48 +362,6 @@ class CniManager:
             raise plugin_error(plugin_type, command, proc.returncode or 0, out, err)
         return parse_result(out, plugin_type, command)
 
-    # --- a stand-in netns for DEL after the pod's is gone ------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _scratch_netns(self, record: Mapping[str, Any]) -> AsyncIterator[str]:
-        """A fresh netns holding interfaces with the pod's cached addresses, so
-        plugins that find their iptables rules by those addresses can remove them; ""
-        (no netns) when there is nothing to replay or `ip` is not installed."""
-        ifaces: dict[str, list[str]] = {}
-        for net in record["networks"]:
-            if net["ifname"] != "lo":
-                result = record["results"].get(net["ifname"]) or {}
-                ifaces.update(sandbox_addresses(result, net["ifname"]))
-        ip_tool = shutil.which("ip", path=self._environ.get("PATH"))
-        if not ifaces or ip_tool is None:
-            yield ""
-            return
-        log.info(
-            "pod %s: its netns is gone; replaying %s in a scratch netns for CNI DEL",
-            record["sandbox_id"],
-            ifaces,
-        )
-        pin_dir = self._cache_dir / f"{record['sandbox_id']}.scratch"
-        pinned = await asyncio.to_thread(
-            namespaces.pin_namespaces,
-            pin_dir,
-            net=True,
-            ipc=False,
-            uts=False,
-            hostname=None,
-            sysctls={},
-        )
-        try:
-            assert pinned.net is not None
-            await asyncio.to_thread(
-                ns_thread.run_in_netns, pinned.net, lambda: _dummies(ip_tool, ifaces)
-            )
-            yield str(pinned.net)
-        finally:
-            await asyncio.to_thread(namespaces.unpin, pinned)
-            with contextlib.suppress(OSError):
-                pin_dir.rmdir()
-
     # --- cache -----------------------------------------------------------------------
 
     def _cache_path(self, sandbox_id: str) -> Path:
@@ -400,13 +387,11 @@ class CniManager:
         return record
 
 
-def _dummies(ip_tool: str, ifaces: Mapping[str, list[str]]) -> None:
-    """In the current thread's netns: one interface per name, with its addresses. A veth
-    pair, as the dummy driver is not always built (its peer is never used)."""
-    for i, (name, addrs) in enumerate(ifaces.items()):
-        cmds = [[ip_tool, "link", "add", name, "type", "veth", "peer", "name", f"scratch{i}"]]
-        cmds += [[ip_tool, "addr", "add", a, "dev", name] for a in addrs]
-        for cmd in cmds:
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                log.warning("scratch netns: %s failed: %s", " ".join(cmd), done.stderr.strip())
+def _masquerade_subnets(record: Mapping[str, Any]) -> list[str]:
+    """The subnets a cached pod holds a masquerade chain for (one per network)."""
+    out = []
+    for net in record["networks"]:
+        subnet = masquerade_subnet(net["config"], f"cache of pod {record['sandbox_id']}")
+        if subnet is not None:
+            out.append(subnet)
+    return out

@@ -29,6 +29,9 @@ from podling.errors import FailedPrecondition, Internal, InvalidArgument, Podlin
 CNI_VERSION = "1.0.0"
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 DEFAULT_CONFIG_NAME = "10-podling.conflist"
+# top-level conflist key of podling's default network: the subnet podling masquerades
+# itself (sandbox/masquerade.py); CNI ignores keys it does not know
+MASQUERADE_KEY = "podlingMasquerade"
 # CNI's well-known error code for "try again later"
 _TRY_AGAIN = 11
 
@@ -105,7 +108,9 @@ def check_config_list(data: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def default_config_list(default: DefaultNetwork, ipam_dir: Path) -> dict[str, Any]:
-    """bridge (gateway, masquerade, hairpin) + host-local IPAM + portmap (hostPorts)."""
+    """bridge (gateway, hairpin) + host-local IPAM + portmap (hostPorts); masquerading
+    by podling, one chain for the subnet (MASQUERADE_KEY, see masquerade.py), not by
+    the bridge plugin's ipMasq (a chain per pod)."""
     ipam = {
         "type": "host-local",
         "ranges": [[{"subnet": default.subnet}]],
@@ -116,13 +121,30 @@ def default_config_list(default: DefaultNetwork, ipam_dir: Path) -> dict[str, An
         "type": "bridge",
         "bridge": default.bridge,
         "isGateway": True,
-        "ipMasq": True,
+        "ipMasq": False,
         "hairpinMode": True,
         "ipam": ipam,
     }
     # snat: lets 127.0.0.1:hostPort work (masquerades localhost and sets route_localnet)
     portmap = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
-    return {"cniVersion": CNI_VERSION, "name": default.name, "plugins": [bridge, portmap]}
+    return {
+        "cniVersion": CNI_VERSION,
+        "name": default.name,
+        MASQUERADE_KEY: default.subnet,
+        "plugins": [bridge, portmap],
+    }
+
+
+def masquerade_subnet(config: Mapping[str, Any], where: str) -> str | None:
+    """The subnet a config list asks podling to masquerade for (MASQUERADE_KEY), or None.
+    FailedPrecondition naming `where` if it is not a subnet."""
+    value = config.get(MASQUERADE_KEY)
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.ip_network(str(value)))
+    except ValueError as e:
+        raise FailedPrecondition(f"CNI config {where}: {MASQUERADE_KEY} {value!r}: {e}") from e
 
 
 def write_json(path: Path, data: Mapping[str, Any], *, durable: bool = True) -> None:

@@ -94,13 +94,14 @@ def _unmount_all(base: Path) -> list[str]:
 
 
 def _iptables() -> list[str]:
-    """Delete rules whose comment names a bench network, then the CNI chains they jumped to."""
+    """Delete rules naming a bench network or subnet, then the chains they jumped to."""
     removed = 0
     for table in ("nat", "filter"):
         out = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True)
         chains: set[str] = set()
         for line in out.stdout.splitlines():
-            if line.startswith("-A") and any(n.name in line for n in NETS.values()):
+            ours = any(n.name in line or f" {n.subnet} " in line for n in NETS.values())
+            if line.startswith("-A") and ours:
                 args = shlex.split(line)
                 if "-j" in args:
                     chains.add(args[args.index("-j") + 1])

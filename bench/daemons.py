@@ -1,15 +1,20 @@
 """The two daemons under test, each on its own socket, dirs, bridge, subnet and cgroups.
 
 Both get the same runc (/usr/sbin/runc, cgroupfs driver), the same CNI plugins
-(/usr/lib/cni) with an equivalent conflist (podling's default: bridge with gateway,
-masquerade and hairpin, host-local IPAM, portmap), overlayfs snapshots, and the loopback
-registry as the docker.io mirror. Sandboxes as each runtime does them by default:
-containerd runs a pause container per pod (catatonit -P, see images.py); podling pins
-the pod's namespaces without any process and runs none for pods that do not share PIDs.
+(/usr/lib/cni) with the same conflist (podling's default network on the runtime's own
+bridge and subnet: bridge with gateway and hairpin, host-local IPAM, portmap), overlayfs
+snapshots, and the loopback registry as the docker.io mirror. Masquerading as podling
+does it for its default network: one chain for the subnet, not the bridge plugin's chain
+per pod; podlingd makes its own (it writes the default conflist itself), the bench makes
+containerd's while containerd runs (containerd ignores the conflist's podlingMasquerade
+key). Sandboxes as each runtime does them by default: containerd runs a pause container
+per pod (catatonit -P, see images.py); podling pins the pod's namespaces without any
+process and runs none for pods that do not share PIDs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -19,6 +24,8 @@ from pathlib import Path
 
 from bench.images import PAUSE
 from bench.settings import NETS, Net
+from podling.sandbox.cni_config import DefaultNetwork, default_config_list
+from podling.sandbox.masquerade import Masquerade
 
 RUNC = "/usr/sbin/runc"
 CNI_BIN = "/usr/lib/cni"
@@ -26,23 +33,9 @@ CNI_BIN = "/usr/lib/cni"
 
 def write_conflist(conf_dir: Path, net: Net, ipam_dir: Path) -> None:
     """podling's default network (sandbox/cni_config.py) on the bench's own bridge/subnet."""
-    ipam = {
-        "type": "host-local",
-        "ranges": [[{"subnet": net.subnet}]],
-        "routes": [{"dst": "0.0.0.0/0"}],
-        "dataDir": str(ipam_dir),
-    }
-    bridge = {
-        "type": "bridge",
-        "bridge": net.bridge,
-        "isGateway": True,
-        "ipMasq": True,
-        "hairpinMode": True,
-        "ipam": ipam,
-    }
-    portmap = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
-    doc = {"cniVersion": "1.0.0", "name": net.name, "plugins": [bridge, portmap]}
+    default = DefaultNetwork(bridge=net.bridge, subnet=net.subnet, name=net.name)
     conf_dir.mkdir(parents=True, exist_ok=True)
+    doc = default_config_list(default, ipam_dir)
     (conf_dir / "10-bench.conflist").write_text(json.dumps(doc, indent=1))
 
 
@@ -67,7 +60,6 @@ class Daemon:
     def prepare(self) -> None:
         """Write config files and dirs; the subclasses add their own."""
         self.base.mkdir(parents=True, exist_ok=True)
-        write_conflist(self.base / "cni", self.net, self.base / "ipam")
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -112,6 +104,8 @@ stop_timeout = 2.0
 [network]
 cni_conf_dir = "{self.base / "cni"}"
 cni_bin_dirs = ["{CNI_BIN}"]
+default_bridge = "{self.net.bridge}"
+default_subnet = "{self.net.subnet}"
 """
         (self.base / "config.toml").write_text(config)
 
@@ -129,6 +123,7 @@ class Containerd(Daemon):
     def prepare(self) -> None:
         super().prepare()
         b = self.base
+        write_conflist(b / "cni", self.net, b / "ipam")
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         config = f"""version = 2
 root = "{b / "root"}"
@@ -167,3 +162,11 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 
     def command(self) -> list[str]:
         return ["containerd", "--config", str(self.base / "config.toml")]
+
+    def start(self, timeout: float = 30) -> None:
+        asyncio.run(Masquerade().hold(self.net.subnet))  # what podlingd does for its own
+        super().start(timeout)
+
+    def stop(self, timeout: float = 20) -> None:
+        super().stop(timeout)
+        asyncio.run(Masquerade().release(self.net.subnet))

@@ -170,7 +170,7 @@ class ContainersApi:
     def ContainerStatus(
         self, request: pb.ContainerStatusRequest, context: Any
     ) -> pb.ContainerStatusResponse | bytes:
-        rec = self._containers.get(request.container_id)
+        rec = self._containers.get(request.container_id, shared=True)  # read, never changed
         wire = self._ct_statuses.field(rec)  # the reply itself, as the server sends it
         if not request.verbose:
             return wire

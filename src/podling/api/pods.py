@@ -113,7 +113,7 @@ class PodsApi:
     def PodSandboxStatus(
         self, request: pb.PodSandboxStatusRequest, context: Any
     ) -> pb.PodSandboxStatusResponse | bytes:
-        rec = self._pods.get(request.pod_sandbox_id)
+        rec = self._pods.get(request.pod_sandbox_id, shared=True)  # read, never changed
         wire = self._pod_statuses.field(rec)  # the reply itself, as the server sends it
         if not request.verbose:
             return wire

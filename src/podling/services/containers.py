@@ -74,10 +74,11 @@ class ContainerService:
         """The runtime handler the container's pod runs with."""
         return self.deps.handlers.lookup(rec.runtime_handler)
 
-    def get(self, cid: str) -> ContainerRecord:
-        """The container by id or unique id prefix; NotFound otherwise."""
+    def get(self, cid: str, shared: bool = False) -> ContainerRecord:
+        """The container by id or unique id prefix; NotFound otherwise. `shared`: the
+        store's cached record, which the caller must not change (PodStore.pods)."""
         full = self.store.resolve_id("containers", validate.require(cid, "container_id"))
-        rec = self.store.get_container(full) if full else None
+        rec = self.store.get_container(full, shared) if full else None
         if rec is None:
             raise NotFound(f"container {cid} not found")
         return rec

@@ -33,10 +33,11 @@ class PodService:
     async def run(self, config: pb.PodSandboxConfig, handler: str) -> str:
         return await run_pod(self.deps, config, handler)
 
-    def get(self, pod_id: str) -> PodRecord:
-        """The pod by id or unique id prefix; NotFound otherwise."""
+    def get(self, pod_id: str, shared: bool = False) -> PodRecord:
+        """The pod by id or unique id prefix; NotFound otherwise. `shared`: the store's
+        cached record, which the caller must not change (PodStore.pods)."""
         full = self.store.resolve_id("pods", validate.require(pod_id, "pod_sandbox_id"))
-        rec = self.store.get_pod(full) if full else None
+        rec = self.store.get_pod(full, shared) if full else None
         if rec is None:
             raise NotFound(f"pod sandbox {pod_id} not found")
         return rec

@@ -161,10 +161,11 @@ class PodStore:
                 "UPDATE pods SET state = ?, doc = ? WHERE id = ?", (rec.state, _doc(rec), rec.id)
             )
 
-    def get_pod(self, pod_id: str) -> PodRecord | None:
+    def get_pod(self, pod_id: str, shared: bool = False) -> PodRecord | None:
+        """A copy of the pod's record; with `shared`, the cached record (see pods())."""
         with self._lock:
             rec = self._pod_table().get(pod_id)
-            return _clone(rec) if rec is not None else None
+            return _clone(rec) if rec is not None and not shared else rec
 
     def pods(self, shared: bool = False) -> list[PodRecord]:
         """Every pod, oldest first. Copies the caller may change; or, with `shared`, the
@@ -213,10 +214,11 @@ class PodStore:
                 (rec.state, _doc(rec), rec.id),
             )
 
-    def get_container(self, cid: str) -> ContainerRecord | None:
+    def get_container(self, cid: str, shared: bool = False) -> ContainerRecord | None:
+        """A copy of the container's record; with `shared`, the cached record."""
         with self._lock:
             rec = self._ct_table().get(cid)
-            return _clone(rec) if rec is not None else None
+            return _clone(rec) if rec is not None and not shared else rec
 
     def containers(self, pod_id: str | None = None, shared: bool = False) -> list[ContainerRecord]:
         """The containers (of `pod_id`, if given), oldest first; `shared` as for pods()."""

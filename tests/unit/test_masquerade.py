@@ -64,7 +64,7 @@ async def test_ipv6_subnets_use_ip6tables() -> None:
     assert [c[0] for c in ipt.commands] == ["ip6tables-restore", "ip6tables", "ip6tables"]
 
 
-async def test_start_removes_chains_no_pod_holds_and_repairs_held_ones() -> None:
+async def test_start_removes_its_own_chain_if_unheld_and_repairs_held_ones() -> None:
     ipt = FakeIptables()
     other = "10.77.0.0/24"
     ipt.nat = "\n".join(
@@ -72,13 +72,16 @@ async def test_start_removes_chains_no_pod_holds_and_repairs_held_ones() -> None
         for n in (NET, other)
     )
     m = ipt.masquerade()
-    await m.start([NET, NET])
+    await m.start([NET, NET], own=other)  # `other`: the conflist's, left by a crash
     removed = [c for c in ipt.commands if "-X" in c]
     assert [c[-1] for c in removed] == [chain_name(other)]
     assert any(c[0] == "iptables-restore" for c in ipt.commands)  # NET made sure of
     ipt.commands = []
     await m.hold(NET)  # installed at start: nothing more to do
     assert ipt.commands == []
+    ipt.commands = []
+    await ipt.masquerade().start([], own=None)  # not our conflist: other chains stay
+    assert ipt.take() == []
 
 
 async def test_a_failing_iptables_refuses_the_hold_saying_why() -> None:

@@ -69,6 +69,16 @@ class Client:
         self.send()
         return sid
 
+    async def reply(self, sid: int, most: int = 1 << 24) -> tuple[bytes, dict[bytes, bytes]]:
+        """The DATA of stream `sid` (each frame at most `most` bytes), and its trailers."""
+        body = b""
+        while True:
+            e = await self.until((h2.events.DataReceived, h2.events.TrailersReceived), sid)
+            if isinstance(e, h2.events.TrailersReceived):
+                return body, dict(e.headers)
+            assert len(e.data) <= most
+            body += e.data
+
     async def status(self, sid: int) -> tuple[int, str]:
         """The grpc-status and grpc-message that end stream `sid`."""
         while True:
@@ -137,31 +147,18 @@ async def test_ping_is_answered_with_its_payload(server: Any) -> None:
 async def test_a_tiny_client_window_is_never_overrun(server: Any) -> None:
     # h2 raises FlowControlError on any DATA beyond the window it granted
     client = await connect(server[2], {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100})
-    sid = client.request("big:5000")
-    body = b""
-    while True:
-        e = await client.until((h2.events.DataReceived, h2.events.TrailersReceived), sid)
-        if isinstance(e, h2.events.TrailersReceived):
-            break
-        assert len(e.data) <= 100
-        body += e.data
+    body, trailers = await client.reply(client.request("big:5000"), most=100)
     assert len(pb.VersionResponse.FromString(body[5:]).version) == 5000
-    assert dict(e.headers)[b"grpc-status"] == b"0"
+    assert trailers[b"grpc-status"] == b"0"
 
 
 async def test_a_reply_larger_than_a_frame_but_inside_the_window(server: Any) -> None:
     # answered at once (respond's one write), cut to the client's 16 KiB frames: h2 raises
     # FrameTooLargeError on a larger one
     client = await connect(server[2])
-    sid = client.request("big:40000")
-    body = b""
-    while True:
-        e = await client.until((h2.events.DataReceived, h2.events.TrailersReceived), sid)
-        if isinstance(e, h2.events.TrailersReceived):
-            break
-        body += e.data
+    body, trailers = await client.reply(client.request("big:40000"))
     assert pb.VersionResponse.FromString(body[5:]).version == "x" * 40000
-    assert dict(e.headers)[b"grpc-status"] == b"0"
+    assert trailers[b"grpc-status"] == b"0"
 
 
 async def test_headers_in_continuation_frames_and_padded_data(server: Any) -> None:

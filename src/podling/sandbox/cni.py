@@ -105,15 +105,18 @@ class CniManager:
     async def start(self) -> None:
         """At daemon start, before any add or delete: the masquerade chains of podling's
         default network made to match the pods that have networking (masquerade.py)."""
-        held = []
-        for path in sorted(self._cache_dir.glob("*.json")):
+        held, own = [], None
+        for cached in sorted(self._cache_dir.glob("*.json")):
             try:
-                record = self._read_cache(path.stem)
+                record = self._read_cache(cached.stem)
             except PodlingError as e:
                 log.warning("%s", e.message)
                 continue
             held += _masquerade_subnets(record) if record else []
-        await self._masquerade.start(held)
+        conf = find_config_file(self._conf_dir)
+        with contextlib.suppress(PodlingError):  # a bad config is reported by Status
+            own = masquerade_subnet(load_config_list(conf), str(conf)) if conf else None
+        await self._masquerade.start(held, own)
 
     # --- config ----------------------------------------------------------------------
 

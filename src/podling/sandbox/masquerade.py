@@ -59,15 +59,16 @@ class Masquerade:
         self._installed: set[str] = set()
         self._lock = asyncio.Lock()
 
-    async def start(self, held: Iterable[str]) -> None:
-        """At daemon start: `held` names a subnet once per pod that has networking on it.
-        Chains of subnets no pod holds (left by a crash) are removed; held ones are made
-        sure of (a firewall reload may have flushed them)."""
+    async def start(self, held: Iterable[str], own: str | None) -> None:
+        """At daemon start: `held` names a subnet once per pod that has networking on it,
+        `own` the subnet of the network config in use. Held subnets' chains are made sure
+        of (a firewall reload may have flushed them); `own`'s is removed if no pod holds
+        it (a crash left it). Chains of other subnets, another daemon's, are left alone."""
         async with self._lock:
             self._users = {}
             for subnet in held:
                 self._users[subnet] = self._users.get(subnet, 0) + 1
-            await asyncio.to_thread(self._reconcile)
+            await asyncio.to_thread(self._reconcile, own)
 
     async def hold(self, subnet: str) -> None:
         """A pod is about to get networking on `subnet`: its chain exists on return."""
@@ -90,14 +91,13 @@ class Masquerade:
 
     # --- iptables (in a worker thread)
 
-    def _reconcile(self) -> None:
-        found: set[str] = set()
-        for tool in ("iptables", "ip6tables"):
+    def _reconcile(self, own: str | None) -> None:
+        if own is not None and own not in self._users:
+            tool, _ = _family(own)
             if self._which(tool) is not None:
                 listing = self._run([tool, "-w", "-t", "nat", "-S", "POSTROUTING"], None)
-                found |= {m[1] for m in _JUMP.finditer(listing.stdout) if m[1] == m[2]}
-        for subnet in found - set(self._users):
-            self._remove(subnet)
+                if own in {m[1] for m in _JUMP.finditer(listing.stdout) if m[1] == m[2]}:
+                    self._remove(own)
         for subnet in self._users:
             self._install(subnet)
             self._installed.add(subnet)

@@ -14,8 +14,8 @@ NET = "10.91.0.0/16"
 
 
 class FakeIptables:
-    """Records the commands; `nat` is what `-S POSTROUTING` lists; `fail` makes the
-    commands of that tool fail."""
+    """Records the commands; `nat` is what `-S POSTROUTING` would list (`-C` finds its
+    rules there); `fail` makes the commands of that tool fail."""
 
     def __init__(self) -> None:
         self.commands: list[list[str]] = []
@@ -27,9 +27,9 @@ class FakeIptables:
 
     def run(self, cmd: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
         self.commands.append(cmd if stdin is None else [*cmd, stdin])
-        if "-S" in cmd:
-            return subprocess.CompletedProcess(cmd, 0, self.nat, "")
-        failed = cmd[0].startswith(self.fail) if self.fail else "-C" in cmd or "-D" in cmd
+        if "-C" in cmd:  # the jump is there if `nat` lists its chain
+            return subprocess.CompletedProcess(cmd, 0 if cmd[-1] in self.nat else 1, "", "")
+        failed = cmd[0].startswith(self.fail) if self.fail else "-D" in cmd
         return subprocess.CompletedProcess(cmd, 1 if failed else 0, "", "no such rule")
 
     def take(self) -> list[str]:

@@ -153,8 +153,8 @@ async def test_a_tiny_client_window_is_never_overrun(server: Any) -> None:
 
 
 async def test_a_reply_larger_than_a_frame_but_inside_the_window(server: Any) -> None:
-    # answered at once (respond's one write), cut to the client's 16 KiB frames: h2 raises
-    # FrameTooLargeError on a larger one
+    # one write, cut to the client's 16 KiB frames: h2 raises FrameTooLargeError on a
+    # larger one
     client = await connect(server[2])
     body, trailers = await client.reply(client.request("big:40000"))
     assert pb.VersionResponse.FromString(body[5:]).version == "x" * 40000

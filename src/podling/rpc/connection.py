@@ -118,11 +118,6 @@ class Connection(asyncio.BufferedProtocol):
         self._send(stream, out)
         self._write(out)
 
-    def finish(self, stream: Stream, out: list[bytes]) -> None:
-        """Write `out`, the last of what `stream` sends, and forget the stream."""
-        self._forget(stream, out)
-        self._write(out)
-
     def goaway(self) -> None:
         """Tell the client no new streams will be served here; running ones finish."""
         if not self.closing and self.transport is not None:

@@ -48,24 +48,10 @@ class Stream:
 
     def respond(self, head: bytes, data: bytes, tail: bytes) -> None:
         """Header block `head`, `data`, then trailers `tail` ending the stream: a unary
-        response. One write at once when nothing is queued and the windows take all of
-        `data` (a poll's answer, nearly always); queued like send_* otherwise."""
-        conn, size = self.conn, len(data)
-        if self._pending or size > min(conn.send_window, self.window):
-            self.send_headers(head, flush=False)
-            self.send_data(data, flush=False)
-            self.send_headers(tail, end_stream=True)
-            return
-        if self.cancelled or self.local_closed:
-            return
-        sid, most = self.id, conn.peer_max_frame
-        out = [f.header_frames(sid, head, False, most)]
-        out += [f.frame(f.DATA, 0, sid, data[i : i + most]) for i in range(0, size, most)]
-        out.append(f.header_frames(sid, tail, True, most))
-        conn.send_window -= size
-        self.window -= size
-        self.local_closed = self.responded = True
-        conn.finish(self, out)
+        response, in one write when the windows take all of `data`."""
+        self.send_headers(head, flush=False)
+        self.send_data(data, flush=False)
+        self.send_headers(tail, end_stream=True)
 
     async def drained(self) -> None:
         """Return once everything queued is sent (or the stream is gone)."""

@@ -55,6 +55,7 @@ from podling.sandbox.cni_config import (
     find_plugin,
     load_config_list,
     masquerade_subnet,
+    masquerade_subnets,
     parse_result,
     passes_prev_result_on_del,
     plugin_env,
@@ -105,6 +106,11 @@ class CniManager:
     async def start(self) -> None:
         """At daemon start, before any add or delete: the masquerade chains of podling's
         default network made to match the pods that have networking (masquerade.py)."""
+        held, own = await asyncio.to_thread(self._masquerading)
+        await self._masquerade.start(held, own)
+
+    def _masquerading(self) -> tuple[list[str], str | None]:
+        """Every subnet a cached pod holds (once per pod), and the config in use's."""
         held, own = [], None
         for cached in sorted(self._cache_dir.glob("*.json")):
             try:
@@ -112,11 +118,11 @@ class CniManager:
             except PodlingError as e:
                 log.warning("%s", e.message)
                 continue
-            held += _masquerade_subnets(record) if record else []
+            held += masquerade_subnets(record) if record else []
         conf = find_config_file(self._conf_dir)
         with contextlib.suppress(PodlingError):  # a bad config is reported by Status
             own = masquerade_subnet(load_config_list(conf), str(conf)) if conf else None
-        await self._masquerade.start(held, own)
+        return held, own
 
     # --- config ----------------------------------------------------------------------
 
@@ -273,7 +279,7 @@ class CniManager:
             await asyncio.to_thread(portmap.release_unused_chains)
 
     async def _release(self, record: Mapping[str, Any]) -> None:
-        for subnet in _masquerade_subnets(record):
+        for subnet in masquerade_subnets(record):
             await self._masquerade.release(subnet)
 
     async def _delete_record(
@@ -388,13 +394,3 @@ class CniManager:
         if not isinstance(record, dict) or record.get("version") != _CACHE_VERSION:
             raise Internal(f"CNI cache {path} has an unknown format; remove it by hand")
         return record
-
-
-def _masquerade_subnets(record: Mapping[str, Any]) -> list[str]:
-    """The subnets a cached pod holds a masquerade chain for (one per network)."""
-    out = []
-    for net in record["networks"]:
-        subnet = masquerade_subnet(net["config"], f"cache of pod {record['sandbox_id']}")
-        if subnet is not None:
-            out.append(subnet)
-    return out

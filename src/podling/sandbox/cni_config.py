@@ -147,6 +147,16 @@ def masquerade_subnet(config: Mapping[str, Any], where: str) -> str | None:
         raise FailedPrecondition(f"CNI config {where}: {MASQUERADE_KEY} {value!r}: {e}") from e
 
 
+def masquerade_subnets(record: Mapping[str, Any]) -> list[str]:
+    """The subnets a cached pod holds a masquerade chain for (one per network)."""
+    out = []
+    for net in record["networks"]:
+        subnet = masquerade_subnet(net["config"], f"cache of pod {record['sandbox_id']}")
+        if subnet is not None:
+            out.append(subnet)
+    return out
+
+
 def write_json(path: Path, data: Mapping[str, Any], *, durable: bool = True) -> None:
     """Write atomically (temp file + rename); with `durable`, fsync'd first, so a power
     loss cannot leave an empty file where the old one was."""

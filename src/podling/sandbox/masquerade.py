@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
-import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable
@@ -32,7 +31,6 @@ from podling.errors import FailedPrecondition
 log = logging.getLogger(__name__)
 
 _COMMENT = "podling masquerade "
-_JUMP = re.compile(r'-A POSTROUTING -s (\S+) -m comment --comment "podling masquerade (\S+)"')
 
 Runner = Callable[[list[str], str | None], subprocess.CompletedProcess[str]]
 
@@ -94,10 +92,8 @@ class Masquerade:
     def _reconcile(self, own: str | None) -> None:
         if own is not None and own not in self._users:
             tool, _ = _family(own)
-            if self._which(tool) is not None:
-                listing = self._run([tool, "-w", "-t", "nat", "-S", "POSTROUTING"], None)
-                if own in {m[1] for m in _JUMP.finditer(listing.stdout) if m[1] == m[2]}:
-                    self._remove(own)
+            if self._which(tool) is not None and self._jump_exists(tool, own):
+                self._remove(own)
         for subnet in self._users:
             self._install(subnet)
             self._installed.add(subnet)
@@ -115,7 +111,7 @@ class Masquerade:
             f"-A {chain} -d {multicast} -j RETURN\n-A {chain} -j MASQUERADE\nCOMMIT\n"
         )
         self._check(self._run([f"{tool}-restore", "-w", "--noflush"], rules), subnet)
-        if self._run([tool, "-w", "-t", "nat", "-C", *jump], None).returncode != 0:
+        if not self._jump_exists(tool, subnet):
             self._check(self._run([tool, "-w", "-t", "nat", "-A", *jump], None), subnet)
         log.info("masquerading traffic from %s to outside it (chain %s)", subnet, chain)
 
@@ -129,6 +125,9 @@ class Masquerade:
         self._run([tool, "-w", "-t", "nat", "-F", chain], None)
         self._run([tool, "-w", "-t", "nat", "-X", chain], None)
         log.info("no pod left on %s: removed its masquerade chain %s", subnet, chain)
+
+    def _jump_exists(self, tool: str, subnet: str) -> bool:
+        return self._run([tool, "-w", "-t", "nat", "-C", *_jump(subnet)], None).returncode == 0
 
     @staticmethod
     def _check(done: subprocess.CompletedProcess[str], subnet: str) -> None:

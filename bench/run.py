@@ -90,22 +90,32 @@ class Bench:
         log(f"run {index}: building and pushing the {s.pull_mb} MB pull image")
         images.push(self.registry.url, pull_ref, images.pull_image(s.pull_mb))
         order = RUNTIMES if index % 2 == 0 else RUNTIMES[::-1]  # neither always goes first
-        out: report.Run = {}
-        for name in order:
-            log(f"run {index}: {name}")
-            out[name] = self.workloads(name, pull_ref)
-        return out
-
-    def workloads(self, name: str, pull_ref: str) -> workloads.Metrics:
-        s, daemon, client = self.sizes, self.daemons[name], self.clients[name]
-        m: workloads.Metrics = {"daemon RSS idle (MB)": rss_mb(daemon.pid)}
-        m |= workloads.serial_starts(client, s.serial_pods)
-        m |= workloads.concurrent_starts(client, s.concurrent_pods)
-        m |= workloads.loaded(
-            client, daemon, s.memory_pods, s.status_pods, s.status_calls, s.exec_calls
+        clients = {name: self.clients[name] for name in order}
+        daemons = {name: self.daemons[name] for name in order}
+        out: report.Run = {
+            name: {"daemon RSS idle (MB)": rss_mb(d.pid)} for name, d in daemons.items()
+        }
+        log(f"run {index}: serial pod starts, both runtimes in turn")
+        _merge(out, workloads.serial_starts(clients, s.serial_pods))
+        for name, client in clients.items():
+            log(f"run {index}: {name}, concurrent pod starts")
+            out[name] |= workloads.concurrent_starts(client, s.concurrent_pods)
+        log(f"run {index}: memory, then status/list and ExecSync in turn")
+        _merge(
+            out,
+            workloads.loaded(
+                clients, daemons, s.memory_pods, s.status_pods, s.status_calls, s.exec_calls
+            ),
         )
-        m |= workloads.cold_pull(client, daemon, pull_ref, s.pull_mb)
-        return m
+        for name, client in clients.items():
+            log(f"run {index}: {name}, cold pull")
+            out[name] |= workloads.cold_pull(client, daemons[name], pull_ref, s.pull_mb)
+        return {name: out[name] for name in RUNTIMES}
+
+
+def _merge(into: report.Run, more: report.Run) -> None:
+    for name, metrics in more.items():
+        into[name] |= metrics
 
 
 def versions() -> str:

@@ -1,4 +1,8 @@
-"""The workloads of issue 8; each returns {metric name: value} for one runtime."""
+"""The workloads of issue 8: {metric name: value} per runtime.
+
+What compares the runtimes call by call (pod starts, polls, ExecSync) runs both at once,
+interleaved in blocks; the rest (concurrency, memory, pull) runs one runtime at a time.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from cri_api.v1 import api_pb2 as pb
 
@@ -15,6 +20,7 @@ from bench.daemons import Daemon
 from bench.procs import cpu_seconds, processes, pss_mb, rss_mb
 
 Metrics = dict[str, float]
+T = TypeVar("T")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -24,11 +30,47 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[rank]
 
 
-def serial_starts(client: Client, n: int) -> Metrics:
-    """Workload 1: n pods started one after another, then each removed."""
-    client.remove_pod(client.start_pod())  # warm-up: first-use costs are not the subject
-    pods = [client.start_pod() for _ in range(n)]
-    teardown = [client.remove_pod(p) for p in pods]
+Clients = dict[str, Client]  # runtime name -> its client, in the run's order
+ByRuntime = dict[str, Metrics]
+# Paired figures are taken in blocks that alternate between the runtimes (ABBA: the
+# first runtime of a block alternates too), so both see the same machine: measured one
+# after the other, minutes apart, a p50 here moves by ~15 % between periods.
+START_BLOCK = 10  # pods per block of workload 1
+CALL_BLOCK = 50  # calls per block of workload 3 and ExecSync
+
+
+def interleaved(
+    clients: Clients, total: int, block: int, step: Callable[[str, int], list[T]]
+) -> dict[str, list[T]]:
+    """`step(name, k)` for every runtime until each has `total` results, k <= block at a
+    time, runtimes alternating per block and the first of each block alternating."""
+    names = list(clients)
+    out: dict[str, list[T]] = {n: [] for n in names}
+    for i, done in enumerate(range(0, total, block)):
+        for name in names if i % 2 == 0 else names[::-1]:
+            out[name] += step(name, min(block, total - done))
+    return out
+
+
+def serial_starts(clients: Clients, n: int) -> ByRuntime:
+    """Workload 1: n pods per runtime started one after another (interleaved in blocks),
+    then each removed the same way."""
+    for c in clients.values():
+        c.remove_pod(c.start_pod())  # warm-up: first-use costs are not the subject
+    started = interleaved(
+        clients, n, START_BLOCK, lambda name, k: [clients[name].start_pod() for _ in range(k)]
+    )
+    left = {name: list(pods) for name, pods in started.items()}
+
+    def remove(name: str, k: int) -> list[float]:
+        batch, left[name] = left[name][:k], left[name][k:]
+        return [clients[name].remove_pod(p) for p in batch]
+
+    teardown = interleaved(clients, n, START_BLOCK, remove)
+    return {name: _start_metrics(started[name], teardown[name]) for name in clients}
+
+
+def _start_metrics(pods: Sequence[Started], teardown: Sequence[float]) -> Metrics:
     out: Metrics = {}
     steps: dict[str, Callable[[Started], float]] = {
         "RunPodSandbox": lambda p: p.run_ms,
@@ -83,15 +125,11 @@ def memory(daemon: Daemon, pods: int) -> Metrics:
     }
 
 
-def _latencies(calls: int, fn: Callable[[], object]) -> list[float]:
-    return [timed(fn)[1] for _ in range(calls)]
-
-
-def status_lists(client: Client, pods: Sequence[Started], calls: int) -> Metrics:
-    """Workload 3: what the kubelet polls, with `pods` running; p50 and p99."""
+def _polls(client: Client, pods: Sequence[Started]) -> dict[str, Callable[[], object]]:
+    """What the kubelet polls, as calls on `client` (status calls on a random pod)."""
     r = client.runtime
     pick = random.Random(8).choice
-    rpcs: dict[str, Callable[[], object]] = {
+    return {
         "ContainerStatus": lambda: r.ContainerStatus(
             pb.ContainerStatusRequest(container_id=pick(pods).container_id), timeout=TIMEOUT
         ),
@@ -104,39 +142,72 @@ def status_lists(client: Client, pods: Sequence[Started], calls: int) -> Metrics
             pb.ListContainerStatsRequest(), timeout=TIMEOUT
         ),
     }
-    out: Metrics = {}
-    for name, fn in rpcs.items():
-        values = _latencies(calls, fn)
-        out[f"{name}, {len(pods)} pods, p50 (ms)"] = percentile(values, 50)
-        out[f"{name}, {len(pods)} pods, p99 (ms)"] = percentile(values, 99)
+
+
+def _latencies(
+    clients: Clients, calls: int, rpc: dict[str, Callable[[], object]]
+) -> dict[str, list[float]]:
+    """`calls` timed calls of rpc[name] per runtime, interleaved in blocks."""
+    return interleaved(
+        clients, calls, CALL_BLOCK, lambda name, k: [timed(rpc[name])[1] for _ in range(k)]
+    )
+
+
+def status_lists(clients: Clients, pods: dict[str, list[Started]], calls: int) -> ByRuntime:
+    """Workload 3: what the kubelet polls, with `pods` running; p50 and p99."""
+    polls = {name: _polls(c, pods[name]) for name, c in clients.items()}
+    out: ByRuntime = {name: {} for name in clients}
+    for rpc in polls[next(iter(clients))]:
+        values = _latencies(clients, calls, {name: polls[name][rpc] for name in clients})
+        for name, v in values.items():
+            n = len(pods[name])
+            out[name][f"{rpc}, {n} pods, p50 (ms)"] = percentile(v, 50)
+            out[name][f"{rpc}, {n} pods, p99 (ms)"] = percentile(v, 99)
     return out
 
 
-def exec_sync(client: Client, container_id: str, calls: int) -> Metrics:
-    """ExecSync of `true` in a running container."""
-    req = pb.ExecSyncRequest(container_id=container_id, cmd=["true"], timeout=30)
-    values = _latencies(calls, lambda: client.runtime.ExecSync(req, timeout=TIMEOUT))
+def exec_sync(clients: Clients, container_ids: dict[str, str], calls: int) -> ByRuntime:
+    """ExecSync of `true` in a running container of each runtime."""
+
+    def call(name: str) -> Callable[[], object]:
+        req = pb.ExecSyncRequest(container_id=container_ids[name], cmd=["true"], timeout=30)
+        return lambda: clients[name].runtime.ExecSync(req, timeout=TIMEOUT)
+
+    values = _latencies(clients, calls, {name: call(name) for name in clients})
     return {
-        "ExecSync p50 (ms)": percentile(values, 50),
-        "ExecSync p90 (ms)": percentile(values, 90),
+        name: {"ExecSync p50 (ms)": percentile(v, 50), "ExecSync p90 (ms)": percentile(v, 90)}
+        for name, v in values.items()
     }
 
 
 def loaded(
-    client: Client, daemon: Daemon, mem_pods: int, status_pods: int, calls: int, exec_calls: int
-) -> Metrics:
-    """Workloads 4, 3 and ExecSync: pods started up to `mem_pods` (memory read), then up
-    to `status_pods` (status/list latencies, ExecSync); all removed at the end."""
+    clients: Clients,
+    daemons: dict[str, Daemon],
+    mem_pods: int,
+    status_pods: int,
+    calls: int,
+    exec_calls: int,
+) -> ByRuntime:
+    """Workload 4 per runtime (`mem_pods` each), then workload 3 and ExecSync with
+    `status_pods` running in each runtime at once; all removed at the end."""
+    pods: dict[str, list[Started]] = {name: [] for name in clients}
+    out: ByRuntime = {}
     try:
-        pods = [client.start_pod() for _ in range(mem_pods)]
-        time.sleep(1)  # let the helpers settle after their start
-        out = memory(daemon, mem_pods)
-        pods += [client.start_pod() for _ in range(status_pods - mem_pods)]
-        out |= status_lists(client, pods, calls)
-        out |= exec_sync(client, pods[0].container_id, exec_calls)
+        for name, client in clients.items():
+            pods[name] += [client.start_pod() for _ in range(mem_pods)]
+            time.sleep(1)  # let the helpers settle after their start
+            out[name] = memory(daemons[name], mem_pods)
+        for name, client in clients.items():
+            pods[name] += [client.start_pod() for _ in range(status_pods - mem_pods)]
+        for name, metrics in status_lists(clients, pods, calls).items():
+            out[name] |= metrics
+        first = {name: p[0].container_id for name, p in pods.items()}
+        for name, metrics in exec_sync(clients, first, exec_calls).items():
+            out[name] |= metrics
         return out
     finally:
-        client.remove_all_pods()
+        for client in clients.values():
+            client.remove_all_pods()
 
 
 def cold_pull(client: Client, daemon: Daemon, ref: str, mb: int) -> Metrics:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -147,6 +148,16 @@ def use_pidfd_child_watcher() -> None:
         asyncio.set_child_watcher(watcher)
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive after start-up (modules, protobuf descriptors, the loaded
+    records: most of the heap) out of the cyclic collector's reach. A full collection
+    then walks only what came later: at 100 pods it took ~10 ms, a stall of the event
+    loop (and of every RPC waiting on it) several times a minute under the kubelet's
+    polls. Frozen objects are still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve(cfg: config_mod.Config, loader: Loader) -> None:
     use_pidfd_child_watcher()
     application = app_mod.build(cfg)
@@ -165,6 +176,7 @@ async def _serve(cfg: config_mod.Config, loader: Loader) -> None:
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     await application.start()
+    freeze_startup_objects()
     await stop.wait()
     log.info("stopping")
     await asyncio.gather(*reloads, return_exceptions=True)

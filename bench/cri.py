@@ -14,11 +14,14 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc as pb_grpc
 
 from bench.images import BUSYBOX
+from podling.runtimes.spec_security import DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
 
 T = TypeVar("T")
 TIMEOUT = 300.0
 # What the kubelet sends for a pod without shareProcessNamespace: the pod's network and
-# IPC, a PID namespace per container (the CRI default, 0 = POD, would share PIDs).
+# IPC, a PID namespace per container (the CRI default, 0 = POD, would share PIDs). With
+# them, every container gets the kubelet's default masked and read-only paths (procMount
+# Default): without, podling would apply those defaults and containerd none.
 KUBELET_NS = pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
 
 
@@ -102,7 +105,11 @@ class Client:
             command=["sleep", "86400"],
             log_path="sleep.log",
             linux=pb.LinuxContainerConfig(
-                security_context=pb.LinuxContainerSecurityContext(namespace_options=KUBELET_NS)
+                security_context=pb.LinuxContainerSecurityContext(
+                    namespace_options=KUBELET_NS,
+                    masked_paths=DEFAULT_MASKED_PATHS,
+                    readonly_paths=DEFAULT_READONLY_PATHS,
+                )
             ),
         )
         req = pb.CreateContainerRequest(

@@ -19,9 +19,7 @@ from podling.runtimes.spec_security import DEFAULT_MASKED_PATHS, DEFAULT_READONL
 T = TypeVar("T")
 TIMEOUT = 300.0
 # What the kubelet sends for a pod without shareProcessNamespace: the pod's network and
-# IPC, a PID namespace per container (the CRI default, 0 = POD, would share PIDs). With
-# them, every container gets the kubelet's default masked and read-only paths (procMount
-# Default): without, podling would apply those defaults and containerd none.
+# IPC, a PID namespace per container (the CRI default, 0 = POD, would share PIDs).
 KUBELET_NS = pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)
 
 
@@ -105,6 +103,8 @@ class Client:
             command=["sleep", "86400"],
             log_path="sleep.log",
             linux=pb.LinuxContainerConfig(
+                # the kubelet's default masked and read-only paths (procMount Default):
+                # without them podling would apply these defaults and containerd none
                 security_context=pb.LinuxContainerSecurityContext(
                     namespace_options=KUBELET_NS,
                     masked_paths=DEFAULT_MASKED_PATHS,

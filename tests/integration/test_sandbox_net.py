@@ -27,7 +27,7 @@ import pytest
 
 from podling.errors import AlreadyExists, Internal, InvalidArgument, NotFound, Unavailable
 from podling.oslib import ns
-from podling.sandbox import portmap
+from podling.sandbox import namespaces, portmap
 from podling.sandbox.cni import CniManager, DefaultNetwork, PortMapping
 from podling.sandbox.masquerade import chain_name
 from podling.sandbox.namespaces import PinnedNamespaces, pin_namespaces, unpin
@@ -295,6 +295,59 @@ def test_pins_do_not_propagate_to_peer_mounts(env: Env) -> None:
             ns.umount2(str(b), ns.MNT_DETACH)
     finally:
         ns.umount2(str(a), ns.MNT_DETACH)
+
+
+def test_pin_and_unpin_do_not_read_the_mount_table(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/proc/self/mountinfo grows with every pod: a pod start or stop must not read it
+    (only an unpin that finds the dir busy may)."""
+
+    def refuse() -> list[str]:
+        raise AssertionError("mountinfo read")
+
+    monkeypatch.setattr(namespaces, "_mount_points", refuse)
+    p = env.pin("ns", net=True, ipc=True, uts=True)
+    assert len(mounts_under(env.tmp / "ns")) == 4
+    unpin(p)
+    assert mounts_under(env.tmp / "ns") == []
+
+
+def test_unpin_keeps_the_dir_while_something_is_mounted_under_it(env: Env) -> None:
+    p = env.pin("ns")
+    extra = env.tmp / "ns" / "extra"
+    extra.mkdir()
+    ns.mount("tmpfs", str(extra), "tmpfs", 0, "size=4k")
+    try:
+        unpin(p)
+        assert mounts_under(env.tmp / "ns") == [str(env.tmp / "ns"), str(extra)]
+    finally:
+        ns.umount2(str(extra), 0)
+    unpin(p)
+    assert mounts_under(env.tmp / "ns") == []
+
+
+def test_unpin_releases_the_dir_while_a_file_in_it_is_open(env: Env) -> None:
+    p = env.pin("ns")
+    fd = os.open(env.tmp / "ns", os.O_RDONLY)  # keeps the mount busy
+    try:
+        unpin(p)
+        assert mounts_under(env.tmp / "ns") == []
+    finally:
+        os.close(fd)
+
+
+def test_pinning_into_a_mount_point_of_the_callers_leaves_it_mounted(env: Env) -> None:
+    d = env.tmp / "ns"
+    d.mkdir()
+    ns.mount("tmpfs", str(d), "tmpfs", 0, "size=64k")
+    try:
+        p = env.pin("ns", net=True, ipc=True)
+        assert sorted(mounts_under(d)) == [str(d), str(d / "ipc"), str(d / "net")]
+        unpin(p)
+        assert mounts_under(d) == [str(d)]
+    finally:
+        ns.umount2(str(d), 0)
 
 
 # --- CNI -----------------------------------------------------------------------------

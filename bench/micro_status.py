@@ -43,7 +43,7 @@ def measure(pods: int, calls: int) -> dict[str, float]:
         out["daemon RSS after pull (MB)"] = rss_mb(daemon.pid)
         started = [client.start_pod() for _ in range(pods)]
         out[f"daemon RSS, {pods} pods (MB)"] = rss_mb(daemon.pid)
-        out |= status_lists({"podling": client}, {"podling": started}, calls)["podling"]
+        out |= status_lists({"podling": client}, {"podling": started}, calls, calls)["podling"]
         # the floor: an RPC that does no work (podling.rpc, no log line at INFO)
         req = pb.VersionRequest()
         floor = [timed(lambda: client.runtime.Version(req))[1] for _ in range(calls)]

@@ -104,7 +104,13 @@ class Bench:
         _merge(
             out,
             workloads.loaded(
-                clients, daemons, s.memory_pods, s.status_pods, s.status_calls, s.exec_calls
+                clients,
+                daemons,
+                s.memory_pods,
+                s.status_pods,
+                s.status_calls,
+                s.stats_calls,
+                s.exec_calls,
             ),
         )
         for name, client in clients.items():

@@ -153,12 +153,16 @@ def _latencies(
     )
 
 
-def status_lists(clients: Clients, pods: dict[str, list[Started]], calls: int) -> ByRuntime:
-    """Workload 3: what the kubelet polls, with `pods` running; p50 and p99."""
+def status_lists(
+    clients: Clients, pods: dict[str, list[Started]], calls: int, stats_calls: int
+) -> ByRuntime:
+    """Workload 3: what the kubelet polls, with `pods` running; p50 and p99 of `calls`
+    calls each (`stats_calls` of ListContainerStats, which takes ~100 times longer)."""
     polls = {name: _polls(c, pods[name]) for name, c in clients.items()}
     out: ByRuntime = {name: {} for name in clients}
     for rpc in polls[next(iter(clients))]:
-        values = _latencies(clients, calls, {name: polls[name][rpc] for name in clients})
+        n_calls = stats_calls if rpc == "ListContainerStats" else calls
+        values = _latencies(clients, n_calls, {name: polls[name][rpc] for name in clients})
         for name, v in values.items():
             n = len(pods[name])
             out[name][f"{rpc}, {n} pods, p50 (ms)"] = percentile(v, 50)
@@ -186,6 +190,7 @@ def loaded(
     mem_pods: int,
     status_pods: int,
     calls: int,
+    stats_calls: int,
     exec_calls: int,
 ) -> ByRuntime:
     """Workload 4 per runtime (`mem_pods` each), then workload 3 and ExecSync with
@@ -199,7 +204,7 @@ def loaded(
             out[name] = memory(daemons[name], mem_pods)
         for name, client in clients.items():
             pods[name] += [client.start_pod() for _ in range(status_pods - mem_pods)]
-        for name, metrics in status_lists(clients, pods, calls).items():
+        for name, metrics in status_lists(clients, pods, calls, stats_calls).items():
             out[name] |= metrics
         first = {name: p[0].container_id for name, p in pods.items()}
         for name, metrics in exec_sync(clients, first, exec_calls).items():

@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -179,10 +180,23 @@ def free_port() -> int:
 
 
 def threads_outside(kind: str) -> list[str]:
-    """This process' threads whose `kind` namespace is not the main thread's."""
+    """This process' threads whose `kind` namespace is not the main thread's, once any
+    that are only exiting are gone: Thread.join() returns before the kernel has removed
+    the thread from /proc/self/task (seen here as a rare failure), so a thread is only
+    counted when it is still there after a second."""
     main = Path(f"/proc/self/ns/{kind}").stat().st_ino
-    tasks = Path("/proc/self/task").iterdir()
-    return [t.name for t in tasks if (t / "ns" / kind).stat().st_ino != main]
+    deadline = time.monotonic() + 1.0
+    while True:
+        outside = []
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                if (task / "ns" / kind).stat().st_ino != main:
+                    outside.append(task.name)
+            except FileNotFoundError:
+                pass  # exited while we looked
+        if not outside or time.monotonic() > deadline:
+            return outside
+        time.sleep(0.01)
 
 
 def test_pins_made_at_once_each_get_their_own_namespaces(env: Env) -> None:
@@ -234,6 +248,14 @@ def test_unpin_leaves_nothing(env: Env) -> None:
     unpin(p)  # idempotent
     with pytest.raises(NotFound, match="does not exist"):
         run_in_netns(env.tmp / "ns" / "net", lambda: None)
+
+
+def test_unpin_of_pins_whose_dir_is_gone(env: Env) -> None:
+    """Recovery unpins the standard paths of a pod whose start crashed before its
+    namespaces were pinned: nothing there is fine."""
+    gone = env.tmp / "never" / "ns"
+    unpin(PinnedNamespaces(gone / "net", gone / "ipc", gone / "uts"))
+    assert not gone.exists()
 
 
 def test_failed_pin_leaves_nothing(env: Env) -> None:

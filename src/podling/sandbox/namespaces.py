@@ -144,8 +144,11 @@ def _is_mount_point(dir: Path) -> bool:
 def _is_self_bind(dir: Path) -> bool:
     """Whether `dir` is a mount point holding a bind of `dir` itself (the one we make):
     the same filesystem as its parent, and the same inode as the directory it covers
-    (readdir of the parent names the covered one)."""
-    if not _is_mount_point(dir):
+    (readdir of the parent names the covered one). A dir that is gone is not."""
+    try:
+        if not _is_mount_point(dir):
+            return False
+    except FileNotFoundError:
         return False
     top, parent = os.stat(dir), os.stat(dir.parent)
     if top.st_dev != parent.st_dev:

@@ -6,7 +6,9 @@ mistaken for a new snapshot). Every change is one IMMEDIATE transaction with
 synchronous=FULL, so a row that was reported written survives a crash; except the
 "pending" row, which a crash may lose: its dirs then have no row, which the next open
 deletes too. In WAL mode the next synced commit (the row turning "active") syncs it
-anyway; one fdatasync per new snapshot is spared.
+anyway; one fdatasync per new snapshot is spared. (A power loss may so hand out a lost
+pending row's id again; its stale dir is gone by then: open deletes it, and a new
+snapshot's dir is cleared before it is made.)
 
 Kinds: "pending" (intent recorded, directories not complete yet: invisible to callers
 and deleted on the next open), "active", "committed", "view".

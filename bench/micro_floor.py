@@ -38,12 +38,12 @@ KINDS = {
 }
 
 
-class _AsyncVersion(pb_grpc.RuntimeServiceServicer):
+class _AsyncVersion(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     async def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(version="0.1.0", runtime_name="floor")
 
 
-class _SyncVersion(pb_grpc.RuntimeServiceServicer):
+class _SyncVersion(pb_grpc.RuntimeServiceServicer):  # type: ignore[misc]
     def Version(self, request: pb.VersionRequest, context: Any) -> pb.VersionResponse:
         return pb.VersionResponse(version="0.1.0", runtime_name="floor")
 
@@ -130,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         serve(*args.serve)
         return 0
     with tempfile.TemporaryDirectory(prefix="podling-floor-", dir="/var/tmp") as tmp:
-        rows = [(label, python_floor(kind, args.calls, Path(tmp))) for kind, label in KINDS.items()]
+        rows: list[tuple[str, tuple[float, float] | None]] = [
+            (label, python_floor(kind, args.calls, Path(tmp))) for kind, label in KINDS.items()
+        ]
         if not args.no_containerd:
             rows.append(
                 ("containerd (Go), its CRI Version", containerd_floor(args.calls, Path(tmp)))

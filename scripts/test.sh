@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
-.venv/bin/ruff format --check src tests
-.venv/bin/ruff check src tests
-.venv/bin/mypy src
+.venv/bin/ruff format --check src tests bench
+.venv/bin/ruff check src tests bench
+.venv/bin/mypy src bench
 .venv/bin/pytest -p no:cacheprovider "$@"

@@ -135,22 +135,26 @@ def versions() -> str:
     )
 
 
-def write_results(runs: list[report.Run], table: str, sizes: Sizes, quick: bool) -> None:
+def write_results(
+    runs: list[report.Run], table: str, sizes: Sizes, quick: bool, results: Path
+) -> None:
     """latest.md (the table), latest.json (every run's raw figures), ratios.png."""
-    RESULTS.mkdir(exist_ok=True)
+    results.mkdir(exist_ok=True)
     when = datetime.datetime.now().isoformat(timespec="seconds")
     mode = "--quick" if quick else "full"
     head = f"Run {when}, {mode}, {sizes.runs} runs: medians (min-max). {versions()}.\n\n"
-    (RESULTS / "latest.md").write_text(head + table)
-    (RESULTS / "latest.json").write_text(json.dumps({"sizes": sizes.__dict__, "runs": runs}))
+    (results / "latest.md").write_text(head + table)
+    (results / "latest.json").write_text(json.dumps({"sizes": sizes.__dict__, "runs": runs}))
     ratios = report.ratios(runs)
     targets = {m: report.target(m) for m in ratios}
     title = f"podling / containerd, {mode}, {when}"
-    chart.write(RESULTS / "ratios.png", ratios, targets, title)
-    log(f"written: {RESULTS}/latest.md, latest.json, ratios.png")
+    chart.write(results / "ratios.png", ratios, targets, title)
+    log(f"written: {results}/latest.md, latest.json, ratios.png")
 
 
-def bench(sizes: Sizes, quick: bool) -> None:
+def bench(sizes: Sizes, quick: bool, results: Path = RESULTS) -> None:
+    """Every workload on both runtimes, `sizes.runs` times; the table printed and written
+    to `results`. Whatever happens, nothing of the run is left on the host afterwards."""
     ensure_containerd()
     if BASE.exists():
         log(f"{BASE} exists (an earlier run crashed?): cleaning it up first")
@@ -169,7 +173,7 @@ def bench(sizes: Sizes, quick: bool) -> None:
                 log(f"cleanup: {line}")
     table = report.table(runs)
     print(table)
-    write_results(runs, table, sizes, quick)
+    write_results(runs, table, sizes, quick, results)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,12 +9,14 @@ subnets 10.95.0.0/24 and 10.95.1.0/24; a bench running at the same time would cl
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from bench import run
-from bench.settings import BASE, Sizes
+from bench.procs import cgroup_dirs, processes
+from bench.settings import BASE, NETS, Sizes
 
 pytestmark = pytest.mark.root
 
@@ -60,19 +62,8 @@ def test_the_bench_runs_every_workload_on_both_runtimes(tmp_path: Path) -> None:
     assert (tmp_path / "ratios.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the shared leak check covers mounts and iptables; these are the bench's own
     assert not BASE.exists()
-    assert list(Path("/sys/fs/cgroup").glob("*/plbench-*")) == []
-    assert not Path("/sys/class/net/plbench0").exists()
-    assert not Path("/sys/class/net/plbench1").exists()
-    assert _processes_naming(str(BASE)) == []
-
-
-def _processes_naming(text: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, UnicodeDecodeError):
-            continue
-        if proc.name.isdigit() and text in cmdline:
-            found.append(f"{proc.name} {cmdline[:100]}")
-    return found
+    for net in NETS.values():
+        assert cgroup_dirs(net.cgroup_root) == [], net.cgroup_root
+        assert not Path(f"/sys/class/net/{net.bridge}").exists(), net.bridge
+    me = os.getpid()
+    assert [p.cmdline for p in processes() if str(BASE) in p.cmdline and p.pid != me] == []
